@@ -1,0 +1,87 @@
+"""The click command line for everything but the hot path of `step-tracer run` (see `step_tracer.__main__`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from step_tracer import __version__
+from step_tracer.wrapper import options as run_options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="step-tracer")
+def cli() -> None:
+    """One OpenTelemetry span per CI/CD step.
+
+    Wrap a command with `step-tracer run -- CMD`, look at what was recorded with `step-tracer show`.
+    """
+
+
+def _run_params() -> list[click.Parameter]:
+    params: list[click.Parameter] = []
+    for flag, takes_value, repeatable, help_text in run_options.OPTIONS:
+        if takes_value:
+            params.append(click.Option([flag], multiple=repeatable, help=help_text, metavar="VALUE"))
+        else:
+            params.append(click.Option([flag], is_flag=True, help=help_text))
+    params.append(click.Argument(["command"], nargs=-1, type=click.UNPROCESSED, required=True))
+    return params
+
+
+def _run(command: tuple[str, ...], **values: Any) -> None:
+    """Reached only when click parsed `run` itself (the fast path in __main__ takes every real invocation)."""
+    from step_tracer.wrapper import entrypoint
+
+    argv: list[str] = []
+    for flag, takes_value, repeatable, _ in run_options.OPTIONS:
+        value = values.get(flag.lstrip("-").replace("-", "_"))
+        if not takes_value:
+            argv += [flag] if value else []
+            continue
+        items = value if repeatable else [value]
+        argv += [part for item in items or () if item is not None for part in (flag, item)]
+    sys.exit(entrypoint.main([*argv, "--", *command]))
+
+
+cli.add_command(
+    click.Command(
+        "run",
+        callback=_run,
+        params=_run_params(),
+        context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
+        short_help="Run a command and record one span for it.",
+        help="""Run CMD exactly as it would run unwrapped and record one span for it.
+
+        The exit code, signals, stdin/stdout/stderr, working directory and environment are the command's own; the
+        command additionally gets TRACEPARENT naming its span. The span is parented on TRACEPARENT when set, and
+        exported per the OTEL_* environment variables (default without a collector: an OTLP JSON lines file, see
+        `step-tracer show`). Arguments are not recorded unless --record-args is given.
+
+        \b
+        Examples:
+          step-tracer run -- make test
+          step-tracer run --timeout 10m --attr team=build -- ./build.sh --release
+        """,
+    )
+)
+
+
+@cli.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--trace", "trace_id", metavar="ID", help="Show one trace (an id prefix is enough).")
+@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Show the N most recent traces.")
+def show(file: str | None, trace_id: str | None, last: int | None) -> None:
+    """Print recorded spans as trees, with durations, results and resource figures.
+
+    FILE defaults to where `step-tracer run` writes when no collector is configured
+    (STEP_TRACER_FILE, else $XDG_STATE_HOME/step-tracer/spans.jsonl, else ~/.local/state/step-tracer/spans.jsonl).
+    """
+    from step_tracer import show as show_module
+    from step_tracer.export.settings import Settings
+
+    path = file or Settings.from_env(os.environ, lambda _msg: None).file_path
+    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=sys.stdout.isatty()))
