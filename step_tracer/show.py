@@ -1,0 +1,313 @@
+"""`step-tracer show`: print the spans in an OTLP JSON lines file as one tree per trace.
+
+So a new user sees what the wrapper recorded without running a collector. The file is the
+wrapper's file exporter output or the Collector's `file` exporter output (one
+ExportTraceServiceRequest per line); both decode with `step_tracer.otlp.json_codec`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from step_tracer.otlp import json_codec
+from step_tracer.span import STATUS_ERROR, STATUS_OK, Span
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import TextIO
+
+    from step_tracer.span import AttributeValue
+
+RESULT = "cicd.pipeline.task.run.result"
+EXIT_CODE = "process.exit.code"
+ERROR_TYPE = "error.type"
+CPU_USER = "process.cpu.time.user"
+CPU_SYSTEM = "process.cpu.time.system"
+MEMORY_PEAK = "process.memory.peak"
+CONTAINER_MEMORY_PEAK = "container.memory.peak"
+OOM_KILLS = "container.memory.oom_kills"
+
+HOW_TO_RECORD = (
+    "run a command under `step-tracer run` first (with no collector configured it records there), "
+    "or point at a Collector `file` exporter's output"
+)
+
+_GREEN, _RED, _YELLOW, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[0m"
+_GOOD_RESULTS = frozenset({"success", "ok"})
+_BAD_RESULTS = frozenset({"failure", "error", "timeout"})
+
+# (tree-drawing prefix, span, whether its parent is missing from the file)
+TreeRow = tuple[str, Span, bool]
+
+
+def show(
+    path: str,
+    *,
+    trace_id: str | None,
+    last: int | None,
+    out: TextIO,
+    color: bool,
+    err: TextIO | None = None,
+) -> int:
+    """Render the traces in `path` to `out`, problems to `err` (stderr by default); returns the exit code."""
+    err = err if err is not None else sys.stderr
+    if last is not None and last < 1:
+        err.write(f"step-tracer: --last must be at least 1, got {last}\n")
+        return 2
+    try:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            spans, malformed = read_spans(lines)
+    except FileNotFoundError:
+        err.write(f"step-tracer: no span file at {path}; {HOW_TO_RECORD}\n")
+        return 1
+    except OSError as error:
+        err.write(f"step-tracer: cannot read {path}: {error.strerror or error}\n")
+        return 1
+    code = _render_file(path, spans, trace_id=trace_id, last=last, out=out, err=err, color=color)
+    if malformed:
+        err.write(malformed_summary(malformed, path) + "\n")
+        if not spans:
+            return 1
+    return code
+
+
+def _render_file(
+    path: str,
+    spans: list[Span],
+    *,
+    trace_id: str | None,
+    last: int | None,
+    out: TextIO,
+    err: TextIO,
+    color: bool,
+) -> int:
+    if not spans:
+        out.write(f"no spans in {path}\n")
+        return 0
+    traces = group_traces(dedupe(spans))
+    if trace_id is not None:
+        traces = matching_traces(traces, trace_id)
+        if len(traces) != 1:
+            err.write(_trace_mismatch(trace_id, len(traces), path) + "\n")
+            return 1
+    if last is not None:
+        traces = traces[-last:]
+    out.write("\n\n".join("\n".join(render_trace(t, color=color)) for t in traces) + "\n")
+    return 0
+
+
+def _trace_mismatch(trace_id: str, matches: int, path: str) -> str:
+    if matches == 0:
+        return f"step-tracer: no trace matching {_printable(trace_id)} in {path}"
+    return f"step-tracer: {_printable(trace_id)} matches {matches} traces in {path}; give more digits"
+
+
+def malformed_summary(count: int, path: str) -> str:
+    return f"step-tracer: skipped {count} malformed line{'s' if count != 1 else ''} in {path}"
+
+
+def read_spans(lines: Iterable[str]) -> tuple[list[Span], int]:
+    """Every span in the lines, in file order, and how many non-blank lines did not decode."""
+    spans: list[Span] = []
+    malformed = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            batches = json_codec.decode(line)
+        except (ValueError, RecursionError):
+            malformed += 1
+            continue
+        for batch in batches:
+            spans.extend(batch.spans)
+    return spans, malformed
+
+
+def dedupe(spans: Iterable[Span]) -> list[Span]:
+    """One record per (trace, span) id: a finished record beats a write-ahead one; otherwise the last wins."""
+    kept: dict[tuple[str, str], Span] = {}
+    for span in spans:
+        key = (span.trace_id, span.span_id)
+        previous = kept.get(key)
+        if previous is None or span.end_ns or not previous.end_ns:
+            kept[key] = span
+    return list(kept.values())
+
+
+def _start_order(span: Span) -> tuple[int, str, str]:
+    return (span.start_ns, span.name, span.span_id)
+
+
+def group_traces(spans: Iterable[Span]) -> list[list[Span]]:
+    """Spans grouped by trace, each group sorted by start, groups ordered by their earliest start."""
+    by_trace: dict[str, list[Span]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    traces = [sorted(group, key=_start_order) for group in by_trace.values()]
+    return sorted(traces, key=lambda trace: (trace[0].start_ns, trace[0].trace_id))
+
+
+def matching_traces(traces: Sequence[list[Span]], trace_id: str) -> list[list[Span]]:
+    """Traces whose id starts with `trace_id` (case-insensitive), or only the exact match if there is one."""
+    wanted = trace_id.strip().lower()
+    exact = [t for t in traces if t[0].trace_id == wanted]
+    return exact or [t for t in traces if t[0].trace_id.startswith(wanted)]
+
+
+def tree_rows(spans: Sequence[Span]) -> list[TreeRow]:
+    """Depth-first rows with their tree-drawing prefix; spans whose parent is absent become roots.
+
+    Spans caught in a parent cycle (bad data) are unreachable from any root, so the earliest
+    unvisited one is then drawn as a root, until every span has been shown exactly once.
+    """
+    present = {s.span_id for s in spans}
+    children: dict[str, list[Span]] = {}
+    for span in spans:
+        if span.parent_span_id in present and span.parent_span_id != span.span_id:
+            children.setdefault(span.parent_span_id, []).append(span)
+    rows: list[TreeRow] = []
+    visited: set[str] = set()
+    roots = [s for s in spans if s.parent_span_id not in present or s.parent_span_id == s.span_id]
+    for span in [*roots, *spans]:
+        if span.span_id not in visited:
+            _walk(span, "", "", children, visited, rows)
+    return [(prefix, span, not prefix and _parent_missing(span, present)) for prefix, span, _ in rows]
+
+
+def _parent_missing(span: Span, present: set[str]) -> bool:
+    return bool(span.parent_span_id) and span.parent_span_id not in present
+
+
+def _walk(
+    span: Span,
+    own_prefix: str,
+    child_prefix: str,
+    children: dict[str, list[Span]],
+    visited: set[str],
+    rows: list[TreeRow],
+) -> None:
+    visited.add(span.span_id)
+    rows.append((own_prefix, span, False))
+    kids = [k for k in children.get(span.span_id, []) if k.span_id not in visited]
+    for index, kid in enumerate(kids):
+        connector, continuation = ("└─ ", "   ") if index == len(kids) - 1 else ("├─ ", "│  ")
+        _walk(kid, child_prefix + connector, child_prefix + continuation, children, visited, rows)
+
+
+def render_trace(spans: Sequence[Span], *, color: bool) -> list[str]:
+    """The header line and one line per span of one trace (spans sorted by start)."""
+    lines = [trace_header(spans)]
+    for prefix, span, orphan in tree_rows(spans):
+        parts = [_printable(span.name) or "(unnamed)", *span_details(span, color=color)]
+        if orphan:
+            parts.append(f"(parent {_printable(span.parent_span_id[:8])} not in file)")
+        lines.append(prefix + "  ".join(parts))
+    return lines
+
+
+def trace_header(spans: Sequence[Span]) -> str:
+    count = len(spans)
+    ends = [s.end_ns for s in spans if s.end_ns]
+    wall = format_duration(max(ends) - spans[0].start_ns) if ends else "unfinished"
+    trace_id = _printable(spans[0].trace_id) or "(no trace id)"
+    return f"trace {trace_id}  {count} span{'s' if count != 1 else ''}  {wall}"
+
+
+def span_details(span: Span, *, color: bool) -> list[str]:
+    """The fields after the name, in a fixed order, omitting those the span lacks."""
+    attributes = span.attributes
+    parts = [format_duration(span.end_ns - span.start_ns) if span.end_ns else "unfinished"]
+    result = span_result(span)
+    if result:
+        parts.append(paint(_printable(result), result, color=color))
+    if EXIT_CODE in attributes:
+        parts.append(f"exit={_printable(str(attributes[EXIT_CODE]))}")
+    if ERROR_TYPE in attributes:
+        parts.append(f"error={_printable(str(attributes[ERROR_TYPE]))}")
+    cpu = cpu_seconds(attributes)
+    if cpu is not None:
+        parts.append(f"cpu={format_cpu(cpu)}")
+    for label, key in (("mem", MEMORY_PEAK), ("ctr", CONTAINER_MEMORY_PEAK)):
+        size = _number(attributes.get(key))
+        if size is not None:
+            parts.append(f"{label}={format_bytes(size)}")
+    oom = _number(attributes.get(OOM_KILLS))
+    if oom:
+        parts.append(paint(f"oom={oom:g}", "error", color=color))
+    return parts
+
+
+def span_result(span: Span) -> str | None:
+    """The CICD result attribute; failing that, what the OTLP status says (nothing when unset)."""
+    result = span.attributes.get(RESULT)
+    if result is not None and str(result):
+        return str(result)
+    if span.status_code == STATUS_OK:
+        return "ok"
+    if span.status_code == STATUS_ERROR:
+        return "error"
+    return None
+
+
+def paint(text: str, result: str, *, color: bool) -> str:
+    """Green for success, red for failures, yellow for anything else (cancellation, skip, unknown)."""
+    if not color:
+        return text
+    lowered = result.lower()
+    code = _GREEN if lowered in _GOOD_RESULTS else _RED if lowered in _BAD_RESULTS else _YELLOW
+    return f"{code}{text}{_RESET}"
+
+
+def _number(value: AttributeValue | None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def cpu_seconds(attributes: dict[str, AttributeValue]) -> float | None:
+    """User plus system CPU seconds; None when the span recorded neither."""
+    times = [t for t in (_number(attributes.get(CPU_USER)), _number(attributes.get(CPU_SYSTEM))) if t is not None]
+    return sum(times) if times else None
+
+
+def format_cpu(seconds: float) -> str:
+    """`1.23s` below a minute, where the hundredths matter; the human duration above."""
+    if round(seconds, 2) < 60:
+        return f"{max(seconds, 0.0):.2f}s"
+    return format_duration(int(seconds * 1e9))
+
+
+def format_duration(ns: int | float) -> str:
+    """850ms, 12.3s, 4m05s, 1h02m: each unit is rounded before choosing it, so 59.97s is 1m00s, not 60.0s."""
+    ns = max(ns, 0)
+    millis = round(ns / 1e6)
+    if millis < 1000:
+        return f"{millis}ms"
+    tenths = round(ns / 1e8)
+    if tenths < 600:
+        return f"{tenths // 10}.{tenths % 10}s"
+    seconds = round(ns / 1e9)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    minutes = round(ns / 6e10)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def format_bytes(size: float) -> str:
+    """Binary units; one decimal below 10 of a unit (1.5GiB), whole numbers above (210MiB)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value = max(size, 0.0)
+    for unit in units:
+        text = f"{value:.1f}" if unit != "B" and value < 9.95 else f"{value:.0f}"
+        if float(text) < 1024 or unit == units[-1]:
+            return text + unit
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _printable(text: str) -> str:
+    """Escape control characters so a hostile or broken file cannot break the tree or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
