@@ -229,7 +229,7 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def _os_reason(exc: OSError) -> str:
-    """"Permission denied" rather than "[Errno 13] Permission denied: '/path'": the line names the path."""
+    """ "Permission denied" rather than "[Errno 13] Permission denied: '/path'": the line names the path."""
     return exc.strerror or str(exc)
 
 

@@ -243,8 +243,11 @@ class _Reader:
                 key, sep, raw = entry.partition("=")
                 key = key.strip()
                 value = _unquote(raw.strip()) if sep else None
-                if not key or value is None or not _TOKEN.issuperset(key) or _has_control(value):
-                    self.warn(f"step-tracer: ignoring malformed entry {position} of {name} (expected key=value)")
+                if not key or value is None or not _TOKEN.issuperset(key) or _unsendable(value):
+                    self.warn(
+                        f"step-tracer: ignoring malformed entry {position} of {name} "
+                        "(expected key=value, percent-encoded to printable ASCII)"
+                    )
                     continue
                 for existing in [k for k in merged if k.lower() == key.lower()]:
                     del merged[existing]
@@ -343,8 +346,9 @@ def _positive(text: str) -> float | None:
     return number
 
 
-def _has_control(text: str) -> bool:
-    return any(c in text for c in "\r\n\0")
+def _unsendable(value: str) -> bool:
+    """gRPC metadata and portable HTTP header values are printable ASCII only."""
+    return not all(" " <= c <= "~" for c in value)
 
 
 def _unquote(text: str) -> str | None:
