@@ -1,0 +1,56 @@
+"""The command line around the hot path: help everywhere, version, and click's `run` agreeing with the fast one."""
+
+from __future__ import annotations
+
+import subprocess
+
+from step_tracer import __version__
+from step_tracer.cli import cli
+from step_tracer.wrapper.options import OPTIONS
+from tests.conftest import Wrapper
+
+
+def _run(wrapper: Wrapper, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([wrapper.executable, *args], capture_output=True, text=True, env=wrapper.env, timeout=60)
+
+
+def test_version(wrapper: Wrapper) -> None:
+    proc = _run(wrapper, "--version")
+    assert proc.returncode == 0
+    assert __version__ in proc.stdout
+
+
+def test_help_everywhere(wrapper: Wrapper) -> None:
+    for args in (["--help"], ["run", "--help"], ["run", "--name", "x", "-h"], ["show", "--help"]):
+        proc = _run(wrapper, *args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert proc.stdout.startswith("Usage: step-tracer"), args
+
+
+def test_run_help_lists_every_fast_path_option(wrapper: Wrapper) -> None:
+    text = _run(wrapper, "run", "--help").stdout
+    for flag, *_ in OPTIONS:
+        assert flag in text
+
+
+def test_click_run_rebuilds_the_same_invocation(wrapper: Wrapper) -> None:
+    """`run` through click (e.g. `cli.main` from Python) must behave like the fast path."""
+    proc = subprocess.run(
+        [wrapper.executable.replace("step-tracer", "python"), "-c",
+         "import sys; from step_tracer.cli import cli; "
+         "cli.main(['run', '--name', 'viaclick', '--attr', 'a=1', '--', 'sh', '-c', 'exit 4'])"],
+        capture_output=True, env=wrapper.env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    span = wrapper.only_span()
+    assert span.name == "viaclick" and span.attributes["a"] == "1"
+
+
+def test_command_with_its_own_help_flag_is_not_ours(wrapper: Wrapper) -> None:
+    proc = wrapper.run("--", "sh", "-c", 'echo "$@"', "sh", "--help")
+    assert proc.returncode == 0
+    assert proc.stdout == b"--help\n"
+
+
+def test_click_group_has_run_and_show() -> None:
+    assert {"run", "show"} <= set(cli.commands)
