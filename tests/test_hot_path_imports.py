@@ -1,0 +1,55 @@
+"""What the wrapper imports on its way through a step: the costs the benchmark measures, pinned by name."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.otlp_receiver import HttpReceiver
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("opentelemetry", "google.protobuf", "grpc", "click", "psutil", "typing", "re", "enum", "json",
+         "dataclasses", "logging", "signal", "subprocess", "threading")  # fmt: skip
+
+_PROBE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from step_tracer.__main__ import main
+code = main(["run", "--", "true"])
+heavy = [m for m in {heavy!r} if m in sys.modules or any(k.startswith(m + ".") for k in sys.modules)]
+os.write(int(sys.argv[1]), repr((code, heavy)).encode())
+"""
+
+
+def _imports_of_a_traced_step(env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run one traced `true` in a fresh isolated interpreter; it reports its exit code and heavy imports on a pipe."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _PROBE.format(root=str(ROOT), heavy=HEAVY), str(write_fd)],
+        env=env, pass_fds=(write_fd,), capture_output=True, timeout=60,
+    )  # fmt: skip
+    os.close(write_fd)
+    with open(read_fd, "rb") as pipe:
+        report = pipe.read().decode()
+    assert proc.returncode == 0, proc.stderr
+    code, heavy = ast.literal_eval(report)
+    return int(code), list(heavy)
+
+
+def test_file_export_path_imports_nothing_heavy(tmp_path: Path) -> None:
+    code, heavy = _imports_of_a_traced_step({"STEP_TRACER_FILE": str(tmp_path / "s.jsonl"), "PATH": "/usr/bin:/bin"})
+    assert code == 0
+    assert heavy == []
+    assert json.loads((tmp_path / "s.jsonl").read_text())["resourceSpans"]
+
+
+def test_otlp_http_path_imports_no_sdk_and_no_grpc(http_receiver: HttpReceiver) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint, "PATH": "/usr/bin:/bin"}
+    code, heavy = _imports_of_a_traced_step(env)
+    assert code == 0
+    assert http_receiver.wait_for_spans(1)
+    assert not {"opentelemetry", "google.protobuf", "grpc", "click", "typing"} & set(heavy), heavy
