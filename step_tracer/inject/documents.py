@@ -1,0 +1,165 @@
+"""Loading and writing YAML/JSON streams while keeping everything but the injection byte-identical.
+
+YAML: the stream is composed once (nodes with marks, for the text edits) and constructed into plain data
+(for planning and validation); edits go into the original text (yamltext.py), so comments, quoting, key
+order, block scalars, document separators and each file's own indentation survive. JSON: parsed and
+re-dumped with the input's indentation, separators and escaping. Either way the output is re-parsed and
+must equal the input data with the operations applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import Node
+
+from step_tracer.inject.model import (
+    AppendItems,
+    InjectError,
+    InsertItems,
+    Location,
+    Op,
+    ParseError,
+    Problem,
+    SetKey,
+)
+from step_tracer.inject.yamltext import EditError, TextEditor, detect_style
+
+Format = Literal["yaml", "json", "auto"]
+_BOM = "\ufeff"
+
+
+@dataclass
+class JsonLayout:
+    indent: int | str | None
+    separators: tuple[str, str]
+    ensure_ascii: bool
+    newline: str
+    trailing_newline: bool
+
+
+@dataclass
+class Stream:
+    format: Literal["yaml", "json"]
+    text: str  # without BOM
+    bom: str
+    docs: list[Any]
+    nodes: list[Node | None] = field(default_factory=list)
+    json_layout: JsonLayout | None = None
+
+
+def parse(text: str, source: str, fmt: Format = "auto") -> Stream:
+    bom = _BOM if text.startswith(_BOM) else ""
+    body = text[len(bom) :]
+    if fmt == "json" or (fmt == "auto" and body.lstrip()[:1] in ("{", "[")):
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            if fmt == "json":
+                raise ParseError([Problem(Location(source), f"invalid JSON: {exc}")]) from None
+        else:
+            return Stream("json", body, bom, [data], json_layout=_json_layout(body))
+    return _parse_yaml(body, bom, source)
+
+
+def _parse_yaml(body: str, bom: str, source: str) -> Stream:
+    try:
+        nodes: list[Node | None] = list(YAML(typ="safe", pure=True).compose_all(body))
+        constructor = YAML(typ="safe", pure=True).constructor
+        docs = [None if n is None else constructor.construct_document(n) for n in nodes]
+    except YAMLError as exc:
+        raise ParseError([Problem(Location(source), f"invalid YAML: {exc}")]) from None
+    return Stream("yaml", body, bom, docs, nodes=nodes)
+
+
+def load_data(text: str, fmt: Literal["yaml", "json"]) -> list[Any]:
+    if fmt == "json":
+        return [json.loads(text)]
+    return list(YAML(typ="safe", pure=True).load_all(text))
+
+
+def _json_layout(body: str) -> JsonLayout:
+    newline = "\r\n" if "\r\n" in body else "\n"
+    m = re.search(r"\n([ \t]+)\S", body.strip())
+    indent: int | str | None = None
+    if m:
+        ws = m.group(1)
+        indent = len(ws) if set(ws) == {" "} else ws
+    separators = (",", ": ")
+    if indent is None and not re.search(r'"\s*:\s', body):
+        separators = (",", ":")
+    elif indent is None:
+        separators = (", ", ": ")
+    return JsonLayout(indent, separators, "\\u" in body, newline, body.endswith(("\n", "\r")))
+
+
+def apply_to_data(doc: Any, ops: Sequence[Op]) -> None:
+    """Apply operations to plain data (JSON output, and the expectation the YAML text is checked against)."""
+    for op in ops:
+        target = doc
+        for key in op.path:
+            target = target[key]
+        if isinstance(op, InsertItems):
+            target[op.index : op.index] = copy.deepcopy(list(op.items))
+        elif isinstance(op, AppendItems):
+            target.extend(copy.deepcopy(list(op.items)))
+        elif isinstance(op, SetKey):
+            _set_key(target, op)
+        else:
+            target[op.key] = op.prefix + target[op.key]
+
+
+def _set_key(mapping: dict[str, Any], op: SetKey) -> None:
+    value = copy.deepcopy(op.value)
+    if op.key in mapping:
+        mapping[op.key] = value
+        return
+    items = list(mapping.items())
+    pos = len(items)
+    keys = [k for k, _ in items]
+    before = next((k for k in op.before if k in mapping), None)
+    after = next((k for k in op.after if k in mapping), None)
+    if before is not None:
+        pos = keys.index(before)
+    elif after is not None:
+        pos = keys.index(after) + 1
+    items.insert(pos, (op.key, value))
+    mapping.clear()
+    mapping.update(items)
+
+
+def render(stream: Stream, ops_per_doc: Sequence[Sequence[Op]], source: str) -> str:
+    """The patched text. Raises InjectError if the YAML edits cannot be placed."""
+    if stream.format == "json":
+        assert stream.json_layout is not None
+        data = copy.deepcopy(stream.docs[0])
+        apply_to_data(data, ops_per_doc[0])
+        layout = stream.json_layout
+        out = json.dumps(data, indent=layout.indent, separators=layout.separators, ensure_ascii=layout.ensure_ascii)
+        if layout.newline != "\n":
+            out = out.replace("\n", layout.newline)
+        return stream.bom + out + (layout.newline if layout.trailing_newline else "")
+    editor = TextEditor(stream.text, detect_style(stream.nodes, stream.text))
+    for root, ops in zip(stream.nodes, ops_per_doc, strict=True):
+        for op in ops:
+            if root is None:
+                raise InjectError([Problem(Location(source), "internal error: edit in an empty document")])
+            try:
+                editor.apply(root, op)
+            except EditError as exc:
+                where = ".".join(str(k) for k in op.path)
+                raise InjectError([Problem(Location(source), f"cannot edit {where}: {exc}")]) from None
+    last_root = stream.nodes[-1] if stream.nodes else None
+    if last_root is not None:
+        editor.close_last_scalar(last_root)
+    try:
+        return stream.bom + editor.result()
+    except EditError as exc:
+        raise InjectError([Problem(Location(source), f"internal error: {exc}")]) from None
