@@ -23,7 +23,7 @@ if not TYPE_CHECKING:
 
 if TYPE_CHECKING:
     import signal as _signal  # the C module `_signal` has no stubs; same API
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from resource import struct_rusage
     from typing import Protocol
 
@@ -124,7 +124,6 @@ def run(
     timeout: float | None = None,
     kill_after: float = 2.0,
     sampler: Sampler | None = None,
-    on_start: Callable[[int], None] | None = None,
 ) -> ChildExit:
     """Start `argv`, pass signals on, enforce `timeout`, and return once the child has been reaped."""
     waited = {_signal.SIGCHLD, *FORWARDED}
@@ -133,8 +132,6 @@ def run(
     own_group = tty is None
     try:
         pid = spawn(argv, env, original_mask, own_group)
-        if on_start is not None:
-            on_start(pid)
         return _supervise(pid, own_group, timeout, kill_after, sampler)
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, original_mask)
