@@ -312,3 +312,13 @@ def test_sdk_disabled_runs_command_without_a_span(wrapper: Wrapper) -> None:
     assert proc.returncode == 5
     assert proc.stdout == b"none\n"
     assert wrapper.spans() == []
+
+
+def test_untraced_exec_keeps_127_and_default_sigpipe(wrapper: Wrapper) -> None:
+    """With tracing off the wrapper execs the command; the same exit codes and signal dispositions apply."""
+    off = {"OTEL_SDK_DISABLED": "true"}
+    proc = wrapper.run("--", "no-such-command-xyz", env=off)
+    assert proc.returncode == 127
+    assert proc.stderr.decode().splitlines() == ["step-tracer: no-such-command-xyz: command not found"]
+    proc = wrapper.run("--", "sh", "-c", "grep -E '^SigIgn' /proc/self/status", env=off)
+    assert not int(proc.stdout.split()[1], 16) & (1 << (signal.SIGPIPE - 1))

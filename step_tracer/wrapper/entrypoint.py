@@ -78,8 +78,6 @@ def describe(
     env: Mapping[str, str],
 ) -> None:
     """Fill in the attributes and status every step span carries (README: the span contract)."""
-    from step_tracer.wrapper.redact import redact
-
     attrs: Attributes = {
         "process.command": opts.command[0],
         "process.executable.name": os.path.basename(opts.command[0]),
@@ -93,6 +91,8 @@ def describe(
     if path:
         attrs["process.executable.path"] = path
     if opts.record_args:
+        from step_tracer.wrapper.redact import redact
+
         attrs["process.command_args"] = redact(list(opts.command))
     if end.error_type:
         attrs["error.type"] = end.error_type
@@ -131,18 +131,11 @@ def _events(child: process.ChildExit) -> list[Event]:
 
 def _exec_untraced(command: list[str]) -> int:
     """Replace the wrapper with the command: tracing is off, so it should not even be in the process tree."""
-    import signal as _signal  # only when tracing is off or broken: the enum import no longer matters
-
-    for signo in (_signal.SIGPIPE, _signal.SIGXFSZ):
-        _signal.signal(signo, _signal.SIG_DFL)
     try:
-        os.execvp(command[0], command)
-    except FileNotFoundError:
-        _warn(f"{command[0]}: command not found")
-        return 127
-    except OSError as err:
-        _warn(f"{command[0]}: {err.strerror}")
-        return 126
+        process.replace(command)
+    except process.SpawnError as err:
+        _warn(str(err))
+        return err.exit_code
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import signal as _signal  # the C module `_signal` has no stubs; same API
     from collections.abc import Mapping, Sequence
     from resource import struct_rusage
-    from typing import Protocol
+    from typing import NoReturn, Protocol
 
     class Sampler(Protocol):
         """What the loop needs from a memory sampler (see `sampler.TreeSampler`)."""
@@ -104,6 +104,12 @@ def _foreground_tty() -> int | None:
     return None
 
 
+def _not_started(command: str, err: OSError) -> SpawnError:
+    if isinstance(err, FileNotFoundError):
+        return SpawnError(127, f"{command}: command not found")
+    return SpawnError(126, f"{command}: {err.strerror}")
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str], sigmask: set[int], own_group: bool) -> int:
     try:
         if own_group:
@@ -111,10 +117,18 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], sigmask: set[int], own_gr
                 argv[0], list(argv), env, setpgroup=0, setsigmask=sigmask, setsigdef=_RESET_TO_DEFAULT
             )
         return os.posix_spawnp(argv[0], list(argv), env, setsigmask=sigmask, setsigdef=_RESET_TO_DEFAULT)
-    except FileNotFoundError as err:
-        raise SpawnError(127, f"{argv[0]}: command not found") from err
     except OSError as err:
-        raise SpawnError(126, f"{argv[0]}: {err.strerror}") from err
+        raise _not_started(argv[0], err) from err
+
+
+def replace(argv: Sequence[str]) -> NoReturn:
+    """exec the command in place of the wrapper, with the signal dispositions an unwrapped step would have."""
+    for signo in _RESET_TO_DEFAULT:
+        _signal.signal(signo, _signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], list(argv))
+    except OSError as err:
+        raise _not_started(argv[0], err) from err
 
 
 def run(
