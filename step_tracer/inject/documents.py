@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
-from ruamel.yaml.nodes import Node
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import Node
 
 from step_tracer.inject.model import (
     AppendItems,
@@ -69,12 +69,36 @@ def parse(text: str, source: str, fmt: Format = "auto") -> Stream:
     return _parse_yaml(body, bom, source)
 
 
+# LibYAML's parser, when PyYAML was built with it: the pure-Python parsers spend ~40x longer on a Konflux-sized
+# corpus, and the marks (character offsets) are the same.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Constructor(SafeConstructor):
+    """Plain data from composed nodes; a duplicate key is an error (Kubernetes rejects it too)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                        )
+                    seen.add(key_node.value)
+        return dict(super().construct_mapping(node, deep=deep))
+
+
+def _construct(node: Node) -> Any:
+    return _Constructor().construct_document(node)
+
+
 def _parse_yaml(body: str, bom: str, source: str) -> Stream:
     try:
-        nodes: list[Node | None] = list(YAML(typ="safe", pure=True).compose_all(body))
-        constructor = YAML(typ="safe", pure=True).constructor
-        docs = [None if n is None else constructor.construct_document(n) for n in nodes]
-    except YAMLError as exc:
+        nodes: list[Node | None] = list(yaml.compose_all(body, Loader=_Loader))
+        docs = [None if n is None else _construct(n) for n in nodes]
+    except yaml.YAMLError as exc:
         raise ParseError([Problem(Location(source), f"invalid YAML: {exc}")]) from None
     return Stream("yaml", body, bom, docs, nodes=nodes)
 
@@ -82,7 +106,7 @@ def _parse_yaml(body: str, bom: str, source: str) -> Stream:
 def load_data(text: str, fmt: Literal["yaml", "json"]) -> list[Any]:
     if fmt == "json":
         return [json.loads(text)]
-    return list(YAML(typ="safe", pure=True).load_all(text))
+    return [None if n is None else _construct(n) for n in yaml.compose_all(text, Loader=_Loader)]
 
 
 def _json_layout(body: str) -> JsonLayout:

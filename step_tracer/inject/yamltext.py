@@ -1,4 +1,4 @@
-"""Surgical edits of YAML text, located with the composed node tree (ruamel marks).
+"""Surgical edits of YAML text, located with the composed node tree (PyYAML/LibYAML marks).
 
 Re-dumping a round-tripped document re-wraps long plain scalars and normalises mixed indentation, so a
 reviewer's diff would show far more than the injection. Instead, each operation becomes an insertion (or,
@@ -16,14 +16,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.resolver import VersionedResolver
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 from step_tracer.inject.model import AppendItems, InsertItems, Op, Path, PrefixScript, SetKey
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
-_RESOLVERS = (VersionedResolver(version=(1, 1)), VersionedResolver(version=(1, 2)))
+_RESOLVER_1_1 = Resolver()
+# YAML 1.2 core schema scalars that are not strings (https://yaml.org/spec/1.2.2/#1032-tag-resolution); together
+# with 1.1's list this covers what any Kubernetes YAML reader may take for a non-string.
+_CORE_1_2 = re.compile(
+    r"null|Null|NULL|~|true|True|TRUE|false|False|FALSE"
+    r"|[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+    r"|[-+]?(\.inf|\.Inf|\.INF)|\.nan|\.NaN|\.NAN"
+)
 _PLAIN_CHARS = re.compile(r"[A-Za-z0-9_./$()=+@:~-]+")
 _BLOCK_HEADER = re.compile(r"[|>]([1-9]?)[+-]?([1-9]?)")
 
@@ -109,12 +117,8 @@ def _plain_ok(s: str, flow: bool) -> bool:
     if flow and ":" in s:
         return False
     # Quote what YAML 1.1 (Go's yaml.v2, used by kubectl) or 1.2 would read as a number, bool, null...
-    return all(tag_of_resolved(r, s) == _STR_TAG for r in _RESOLVERS)
-
-
-def tag_of_resolved(resolver: VersionedResolver, s: str) -> str:
-    tag = resolver.resolve(ScalarNode, s, (True, False))
-    return str(getattr(tag, "value", tag))
+    tag = _RESOLVER_1_1.resolve(ScalarNode, s, (True, False))  # type: ignore[no-untyped-call]
+    return tag == _STR_TAG and not _CORE_1_2.fullmatch(s)
 
 
 def scalar(value: Any, *, flow: bool = False, quote: str | None = None) -> str:
