@@ -81,7 +81,7 @@ def test_comments_quotes_order_and_odd_indentation_survive() -> None:
     added = "".join(only_insertions(RICH, result.text))
     assert "step-tracer" in added
     for line in added.splitlines():
-        assert "step-tracer" in line or line.strip() in {
+        assert "step-tracer" in line or line.strip().startswith("value: '[{") or line.strip() in {
             "set -e",
             "#!/bin/sh",
             "emptyDir: {}",
@@ -90,6 +90,17 @@ def test_comments_quotes_order_and_odd_indentation_survive() -> None:
             "fieldRef:",
             "fieldPath: metadata.labels",
             "fieldPath: metadata.annotations",
+            "- path: name",
+            "- path: namespace",
+            "- path: uid",
+            "fieldPath: metadata.name",
+            "fieldPath: metadata.namespace",
+            "fieldPath: metadata.uid",
+            "env:",
+            "- name: K8S_NODE_NAME",
+            "- name: STEP_TRACER_STEPS",
+            "valueFrom:",
+            "fieldPath: spec.nodeName",
             "downwardAPI:",
             "items:",
             "stepTemplate:",

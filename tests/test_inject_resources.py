@@ -8,7 +8,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from step_tracer.inject import InjectError, InjectOptions, patch_text
-from tests.test_inject_steps import VOLUMES_AND_TEMPLATE, W, sidecars
+from tests.test_inject_steps import VOLUMES_AND_TEMPLATE, W, sidecars, steps_json
 
 OPTS = InjectOptions()
 
@@ -221,7 +221,7 @@ def test_v1beta1_task_gets_v1beta1_sidecar_fields() -> None:
     )
     assert result.text == (
         "apiVersion: tekton.dev/v1beta1\nkind: Task\nmetadata:\n  name: t\nspec:\n"
-        f"{VOLUMES_AND_TEMPLATE}  steps:\n{expected_steps}{sidecars('resources')}"
+        f"{VOLUMES_AND_TEMPLATE}  steps:\n{expected_steps}{sidecars('resources', steps_json(expected_steps))}"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 
 import pytest
@@ -28,6 +30,15 @@ VOLUMES_AND_TEMPLATE = """\
           - path: annotations
             fieldRef:
               fieldPath: metadata.annotations
+          - path: name
+            fieldRef:
+              fieldPath: metadata.name
+          - path: namespace
+            fieldRef:
+              fieldPath: metadata.namespace
+          - path: uid
+            fieldRef:
+              fieldPath: metadata.uid
   stepTemplate:
     volumeMounts:
       - name: step-tracer-bin
@@ -41,7 +52,7 @@ VOLUMES_AND_TEMPLATE = """\
 """
 
 
-def sidecars(resources_key: str = "computeResources") -> str:
+def sidecars(resources_key: str = "computeResources", steps_json: str = "[]") -> str:
     return f"""\
   sidecars:
     - name: step-tracer
@@ -61,6 +72,13 @@ def sidecars(resources_key: str = "computeResources") -> str:
         - name: step-tracer-podinfo
           mountPath: /step-tracer/podinfo
           readOnly: true
+      env:
+        - name: STEP_TRACER_STEPS
+          value: '{steps_json}'
+        - name: K8S_NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: spec.nodeName
       envFrom:
         - secretRef:
             name: step-tracer-otlp
@@ -87,10 +105,20 @@ def task(steps: str, api: str = "tekton.dev/v1") -> str:
     return f"apiVersion: {api}\nkind: Task\nmetadata:\n  name: t\nspec:\n  steps:\n{steps}"
 
 
+def steps_json(steps: str) -> str:
+    """STEP_TRACER_STEPS as the sidecar should get it, computed from the steps with an independent parser."""
+    entries = []
+    for step in YAML(typ="safe").load(steps):
+        entries.append({k: step[k] for k in ("name", "image", "onError") if step.get(k)})
+        if isinstance(step.get("ref"), dict):
+            entries[-1]["ref"] = step["ref"]["name"]
+    return json.dumps(entries, separators=(",", ":"))
+
+
 def patched_task(steps: str, api: str = "tekton.dev/v1", resources_key: str = "computeResources") -> str:
     return (
         f"apiVersion: {api}\nkind: Task\nmetadata:\n  name: t\nspec:\n"
-        f"{VOLUMES_AND_TEMPLATE}  steps:\n{steps}{sidecars(resources_key)}"
+        f"{VOLUMES_AND_TEMPLATE}  steps:\n{steps}{sidecars(resources_key, steps_json(steps))}"
     )
 
 

@@ -9,6 +9,8 @@ Everything else passes through untouched.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +79,9 @@ def volumes(options: InjectOptions) -> list[dict[str, Any]]:
                 "items": [
                     {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
                     {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}},
+                    {"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}},
                 ]
             },
         },
@@ -91,7 +96,23 @@ def step_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def sidecar(options: InjectOptions, api_version: str) -> dict[str, Any]:
+def steps_manifest(steps: Any) -> str:
+    """The sidecar's STEP_TRACER_STEPS: what a step's span should say but its container cannot see (image,
+    onError), by step index. Tekton substitutes `$(params...)` in sidecar env, so parameterised images resolve."""
+    entries = []
+    for step in steps if isinstance(steps, list) else []:
+        entry: dict[str, str] = {}
+        if isinstance(step, Mapping):
+            for key in ("name", "image", "onError"):
+                if isinstance(step.get(key), str) and step[key]:
+                    entry[key] = step[key]
+            if "ref" in step and isinstance(step["ref"], Mapping) and isinstance(step["ref"].get("name"), str):
+                entry["ref"] = step["ref"]["name"]
+        entries.append(entry)
+    return json.dumps(entries, separators=(",", ":"))
+
+
+def sidecar(options: InjectOptions, api_version: str, steps: Any = None) -> dict[str, Any]:
     # v1 renamed the container's `resources` to `computeResources`; v1 rejects (or drops) the old name.
     resources_key = "resources" if api_version == "tekton.dev/v1beta1" else "computeResources"
     return {
@@ -102,6 +123,10 @@ def sidecar(options: InjectOptions, api_version: str) -> dict[str, Any]:
             {"name": BIN_VOLUME, "mountPath": BIN_DIR},
             {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
             {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True},
+        ],
+        "env": [
+            {"name": "STEP_TRACER_STEPS", "value": steps_manifest(steps)},
+            {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],
         "envFrom": [{"secretRef": {"name": options.otlp_secret, "optional": True}}],
         resources_key: {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
@@ -268,7 +293,7 @@ class _Walker:
             spec,
             path,
             "sidecars",
-            [sidecar(self.options, api_version)],
+            [sidecar(self.options, api_version, spec.get("steps"))],
             loc,
             problems,
             lambda s: s.get("name"),

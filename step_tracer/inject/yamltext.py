@@ -136,6 +136,8 @@ def scalar(value: Any, *, flow: bool = False, quote: str | None = None) -> str:
         return "'" + value.replace("'", "''") + "'"
     if quote is None and _plain_ok(value, flow):
         return value
+    if quote is None and '"' in value and "'" not in value and value.isprintable():
+        return "'" + value + "'"  # JSON in a value reads better without backslashes
     return double_quoted(value)
 
 
