@@ -7,6 +7,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] and args[0].startswith("run-script"):
+        from step_tracer.wrapper import entrypoint
+
+        return entrypoint.main_script(args)
     if args[:1] == ["run"]:
         from step_tracer.wrapper import entrypoint, options
 
@@ -14,7 +18,14 @@ def main(argv: list[str] | None = None) -> int:
             return entrypoint.main(args[1:])
     from step_tracer.cli import cli
 
-    return int(cli.main(args, prog_name="step-tracer", standalone_mode=False) or 0)
+    try:
+        cli.main(args, prog_name="step-tracer")  # standalone: click reports usage errors itself (exit 2)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        sys.stderr.write(f"{exc.code}\n")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

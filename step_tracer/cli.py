@@ -12,7 +12,42 @@ from step_tracer import __version__
 from step_tracer.wrapper import options as run_options
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Subcommands whose modules are imported only when used: `step-tracer --help` need not load the OpenTelemetry
+    SDK (sidecar), an HTTPS server (webhook) or a YAML library (inject)."""
+
+    lazy = {
+        "inject": "step_tracer.inject.cli:inject",
+        "bundle": "step_tracer.bundle.cli:bundle",
+        "sidecar": "step_tracer.sidecar.cli:sidecar",
+        "webhook": "step_tracer.webhook.cli:webhook",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(n for n in self.lazy if self._load(n) is not None)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._load(cmd_name)
+
+    def _load(self, name: str) -> click.Command | None:
+        import importlib
+
+        target = self.lazy.get(name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                return None  # not part of this build
+            raise
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="step-tracer")
 def cli() -> None:
     """One OpenTelemetry span per CI/CD step.
