@@ -10,7 +10,6 @@ Everything else passes through untouched.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
