@@ -1,0 +1,128 @@
+"""`step-tracer bundle ...`: the click commands for Tekton bundles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from step_tracer.inject import DEFAULT_OTLP_SECRET, DEFAULT_SIDECAR_IMAGE, DEFAULT_WRAPPER
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bundle() -> None:
+    """Instrument Tekton bundles (OCI images holding Tasks, Pipelines and StepActions)."""
+
+
+@bundle.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--dry-run", is_flag=True, help="Print the diff of every patched object; push nothing.")
+@click.option(
+    "--insecure",
+    "--plain-http",
+    "insecure",
+    is_flag=True,
+    help="Talk plain HTTP to the registries (always the case for localhost and 127.0.0.1).",
+)
+@click.option("--wrapper", default=DEFAULT_WRAPPER, show_default=True, help="Wrapper path inside step containers.")
+@click.option("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE, show_default=True, help="Image of the sidecar.")
+@click.option(
+    "--otlp-secret", default=DEFAULT_OTLP_SECRET, show_default=True, help="Secret with the sidecar's OTEL_* settings."
+)
+@click.option(
+    "--resolve-entrypoints",
+    is_flag=True,
+    help="Look up the ENTRYPOINT of steps that have neither command nor script in their image's registry "
+    "and wrap them; without it such steps are left alone.",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when it is a terminal].")
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Also write the pushed bundle as Tekton results: DIR/IMAGE_URL, DIR/IMAGE_DIGEST, DIR/BUNDLE (url@digest).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also print info notes (what was left alone and why).")
+def patch(
+    src: str,
+    dst: str,
+    dry_run: bool,
+    insecure: bool,
+    wrapper: str,
+    sidecar_image: str,
+    otlp_secret: str,
+    resolve_entrypoints: bool,
+    progress: bool | None,
+    results_dir: str | None,
+    verbose: bool,
+) -> None:
+    """Pull bundle SRC, instrument every object in it, push the result to tag DST.
+
+    The new bundle is written as `tkn bundle push` writes it; the pushed reference (DST's repository @ its
+    digest) is printed. References pinned to the old digest must be updated. Registry credentials come
+    from the docker config (~/.docker/config.json or $DOCKER_CONFIG), $REGISTRY_AUTH_FILE or
+    ${XDG_RUNTIME_DIR}/containers/auth.json. SOURCE_DATE_EPOCH sets the image's created time.
+
+    \b
+    Examples:
+      step-tracer bundle patch quay.io/org/tasks:1.0 quay.io/org/tasks:1.0-traced
+      step-tracer bundle patch --dry-run quay.io/org/tasks:1.0 quay.io/org/tasks:1.0-traced
+    """
+    from step_tracer.bundle.patch import patch_bundle
+    from step_tracer.bundle.progress import Progress
+    from step_tracer.bundle.reference import InvalidReference
+    from step_tracer.bundle.registry import RegistryError
+    from step_tracer.bundle.resolve import make_resolver
+    from step_tracer.bundle.tkn import BundleError
+    from step_tracer.inject import InjectError, InjectOptions
+
+    err = sys.stderr
+    try:
+        options = InjectOptions(
+            wrapper=wrapper,
+            sidecar_image=sidecar_image,
+            otlp_secret=otlp_secret,
+            resolve_entrypoints=resolve_entrypoints,
+            resolve=make_resolver(insecure=insecure) if resolve_entrypoints else None,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    show = err.isatty() if progress is None else progress
+    bar = Progress(err if show else None)
+    try:
+        report = patch_bundle(src, dst, options, dry_run=dry_run, insecure=insecure, progress=bar)
+    except InjectError as exc:
+        bar.close()
+        for problem in exc.problems:
+            err.write(f"error: {problem}\n")
+        sys.exit(2)
+    except (InvalidReference, RegistryError, BundleError) as exc:
+        bar.close()
+        err.write(f"error: {exc}\n")
+        sys.exit(2)
+    for note in report.notes:
+        if note.level == "warning" or verbose:
+            err.write(f"{note}\n")
+    if dry_run:
+        sys.stdout.write(report.diff)
+        if report.changed:
+            err.write(f"dry run: nothing pushed; {dst} would be {report.reference}\n")
+        else:
+            err.write(f"dry run: nothing to patch; {dst} would be a copy of {report.source}\n")
+        return
+    if not report.changed:
+        err.write(f"nothing to patch: {dst} is a copy of {report.source}\n")
+    sys.stdout.write(f"{report.reference}\n")
+    if results_dir:
+        _write_results(results_dir, report.reference)
+
+
+def _write_results(directory: str, reference: str) -> None:
+    """The results a Tekton Task publishes for an image it pushed (names as Konflux's build tasks use them)."""
+    url, _, digest = reference.rpartition("@")
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, value in (("IMAGE_URL", url), ("IMAGE_DIGEST", digest), ("BUNDLE", reference)):
+        (path / name).write_text(value)
