@@ -166,19 +166,22 @@ def inject_paths(
     err: TextIO,
     stdin: TextIO | None = None,
     verbose: bool = False,
+    summary: bool = False,
 ) -> int:
     """Patch files, directories (recursively: *.yaml, *.yml, *.json) and "-" (stdin).
 
     Modes: `check` lists what is not instrumented (exit 1 if anything, else 0) and changes nothing;
     `diff` prints a unified diff; `write` rewrites changed files in place (stdin goes to `out`); with
     none of them the patched text goes to `out`. Warnings go to `err` (info notes too when `verbose` or
-    `check`). Exit 2 when an input could not be read or patched (the other inputs are still processed).
+    `check`), and with `summary` a closing count of wrapped and unwrapped steps. Exit 2 when an input
+    could not be read or patched (the other inputs are still processed).
     """
     stdin = stdin if stdin is not None else sys.stdin
     resolve = _resolver(options)
     status = 0
     pending = 0
     printed = False
+    tally = _Tally()
     if not paths:
         err.write("error: no input files\n")
         return 2
@@ -203,6 +206,7 @@ def inject_paths(
             _errors(err, exc)
             status = 2
             continue
+        tally.add(result)
         for note in result.notes:
             if note.level == "warning" or verbose or check:
                 err.write(f"{note}\n")
@@ -223,9 +227,44 @@ def inject_paths(
             if result.text and not result.text.endswith("\n"):
                 out.write("\n")
             printed = True
+    if summary:
+        err.write(tally.summary(check) + "\n")
     if status:
         return status
     return 1 if check and pending else 0
+
+
+class _Tally:
+    """The closing line: how many steps are traced, and why the others are not."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.states: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+
+    def add(self, result: PatchResult) -> None:
+        self.files += 1
+        for step in result.steps:
+            self.states[step.state] = self.states.get(step.state, 0) + 1
+            if step.state == "unwrapped":
+                reason = step.reason
+                if "entrypoint" in reason.lower():
+                    reason = "run their image's ENTRYPOINT, which needs --resolve-entrypoints or a command"
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def summary(self, check: bool) -> str:
+        wrapped, already = self.states.get("wrapped", 0), self.states.get("already", 0)
+        verb = "to wrap" if check else "wrapped"
+        parts = [f"{self.files} file{'s' if self.files != 1 else ''}", f"{wrapped} steps {verb}"]
+        parts.append(f"{already} already wrapped")
+        if self.states.get("ref"):
+            parts.append(f"{self.states['ref']} StepAction references (traced through the StepAction)")
+        line = "step-tracer inject: " + ", ".join(parts)
+        unwrapped = self.states.get("unwrapped", 0)
+        if unwrapped:
+            why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
+            line += f"; {unwrapped} left unwrapped ({why})"
+        return line
 
 
 def _errors(err: TextIO, exc: InjectError) -> None:

@@ -1,0 +1,107 @@
+"""`step-tracer inject`: the click front of `inject_paths`."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from step_tracer.inject.model import DEFAULT_OTLP_SECRET, DEFAULT_SIDECAR_IMAGE, DEFAULT_WRAPPER, InjectOptions
+from step_tracer.inject.runner import inject_paths
+
+
+@click.command(short_help="Add the step-tracer wrapper and sidecar to Tekton Tasks, Pipelines and StepActions.")
+@click.argument("paths", nargs=-1, metavar="[PATHS...|-]")
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE|-",
+    help="Write the patched documents to FILE (- for stdout) instead of rewriting the inputs in place.",
+)
+@click.option("--check", is_flag=True, help="Change nothing; list every step that is not instrumented (exit 1 if any).")
+@click.option("--diff", is_flag=True, help="Change nothing; print a unified diff of what would change.")
+@click.option("--wrapper", default=DEFAULT_WRAPPER, show_default=True, help="The wrapper's path in step containers.")
+@click.option("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE, show_default=True, help="Image of the sidecar.")
+@click.option(
+    "--otlp-secret",
+    default=DEFAULT_OTLP_SECRET,
+    show_default=True,
+    help="Secret (optional) whose keys become the sidecar's OTEL_* environment.",
+)
+@click.option(
+    "--resolve-entrypoints",
+    is_flag=True,
+    help="Look up the ENTRYPOINT of command-less steps' images in their registries (docker config auth).",
+)
+@click.option(
+    "--insecure",
+    "--plain-http",
+    "insecure",
+    is_flag=True,
+    help="Reach registries over plain HTTP (loopback always is).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also print informational notes.")
+def inject(
+    paths: tuple[str, ...],
+    output: str | None,
+    check: bool,
+    diff: bool,
+    wrapper: str,
+    sidecar_image: str,
+    otlp_secret: str,
+    resolve_entrypoints: bool,
+    insecure: bool,
+    verbose: bool,
+) -> None:
+    """Instrument Tekton resources so every step gets a span.
+
+    PATHS are YAML or JSON files (multi-document streams and `kind: List` too), directories (searched for *.yaml,
+    *.yml, *.json) or - for stdin. Files are rewritten in place, changing only the injected lines; stdin goes to
+    stdout. Patching a patched file changes nothing. Steps that run their image's ENTRYPOINT are left alone and
+    listed unless --resolve-entrypoints is given.
+
+    \b
+    Examples:
+      step-tracer inject tasks/
+      kustomize build . | step-tracer inject - > patched.yaml
+      step-tracer inject --check tasks/        # CI gate: exit 1 when a step is not traced
+    """
+    if check and diff:
+        raise click.UsageError("--check and --diff do not go together")
+    resolve = None
+    if resolve_entrypoints:
+        try:
+            from step_tracer.bundle.resolve import make_resolver
+        except ImportError as err:
+            raise click.ClickException(f"--resolve-entrypoints is not available in this build: {err}") from None
+        resolve = make_resolver(insecure=insecure)
+    try:
+        options = InjectOptions(
+            wrapper=wrapper,
+            sidecar_image=sidecar_image,
+            otlp_secret=otlp_secret,
+            resolve_entrypoints=resolve_entrypoints,
+            resolve=resolve,
+        )
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if not paths:
+        raise click.UsageError("give files, directories or - for stdin")
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if output not in (None, "-"):
+            out = stack.enter_context(Path(str(output)).open("w", encoding="utf-8"))
+        code = inject_paths(
+            list(paths),
+            write=output is None and not check and not diff,
+            out=out,
+            check=check,
+            diff=diff,
+            options=options,
+            err=sys.stderr,
+            verbose=verbose,
+            summary=True,
+        )
+    sys.exit(code)
