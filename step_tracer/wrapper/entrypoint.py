@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from step_tracer.wrapper.outcome import Outcome
     from step_tracer.wrapper.sampler import TreeSampler
 
+#: Where Tekton's init container writes `script:` steps (pkg/pod/script.go).
+TEKTON_SCRIPTS = "/tekton/scripts/"
+
 #: Time kept after Tekton's step timeout hits for writing the span: the entrypoint SIGKILLs us at the timeout.
 _EXPORT_RESERVE_S = 1.0
 
@@ -78,26 +81,35 @@ def describe(
     env: Mapping[str, str],
 ) -> None:
     """Fill in the attributes and status every step span carries (README: the span contract)."""
+    command = opts.display_command or opts.command
+    program = opts.program or command[0]
     attrs: Attributes = {
-        "process.command": opts.command[0],
-        "process.executable.name": os.path.basename(opts.command[0]),
+        **opts_attributes(opts),
+        "process.executable.name": os.path.basename(program),
         "process.exit.code": exit_code,
         "process.parent_pid": os.getpid(),
         "cicd.pipeline.task.run.result": end.result,
     }
     if pid:
         attrs["process.pid"] = pid
-    path = _executable_path(opts.command[0], env)
+    path = _executable_path(program, env)
     if path:
         attrs["process.executable.path"] = path
     if opts.record_args:
         from step_tracer.wrapper.redact import redact
 
-        attrs["process.command_args"] = redact(list(opts.command))
+        attrs["process.command_args"] = redact(list(command))
     if end.error_type:
         attrs["error.type"] = end.error_type
         span.status_code = STATUS_ERROR
         span.status_message = end.message
+    attrs.update(opts.attrs)
+    span.attributes.update(attrs)
+
+
+def opts_attributes(opts: options.RunOptions) -> Attributes:
+    """What is known before the command starts (also in the write-ahead start record)."""
+    attrs: Attributes = {"process.command": (opts.display_command or opts.command)[0]}
     if opts.tekton_step:
         attrs["tekton.step.name"] = opts.tekton_step
     if opts.tekton_step_index is not None:
@@ -105,7 +117,7 @@ def describe(
     if opts.tekton_step_timeout is not None:
         attrs["tekton.step.timeout"] = opts.tekton_step_timeout
     attrs.update(opts.attrs)
-    span.attributes.update(attrs)
+    return attrs
 
 
 def _usage(child: process.ChildExit, sampler: TreeSampler | None) -> Attributes:
@@ -148,6 +160,28 @@ def main(argv: list[str]) -> int:
             return _exec_untraced(err.command)
         _warn(f"{err} (see step-tracer run --help)")
         return 2
+    return _main(opts)
+
+
+def main_script(argv: list[str]) -> int:
+    """`run-script`: the kernel ran us as a patched script's interpreter (see `wrapper.script`)."""
+    from step_tracer.wrapper import script
+
+    try:
+        opts = script.prepare(argv)
+    except options.UsageError as err:
+        _warn(str(err))
+        return 2
+    except script.ScriptError as err:
+        if err.fallback:
+            _warn(f"{err}; running the script untraced")
+            return _exec_untraced(err.fallback)
+        _warn(str(err))
+        return 126
+    return _main(opts)
+
+
+def _main(opts: options.RunOptions) -> int:
     try:
         traced = _prepare(opts)
     except Exception as err:  # our bug must not become the step's failure
@@ -155,10 +189,22 @@ def main(argv: list[str]) -> int:
         return _exec_untraced(opts.command)
     if traced is None:
         return _exec_untraced(opts.command)
-    return _run_traced(opts, *traced)
+    return _run_traced(opts, traced)
 
 
-def _prepare(opts: options.RunOptions) -> tuple[Settings, Span, dict[str, str]] | None:
+class Traced:
+    """A step about to run traced: where its span goes and what the child's environment is."""
+
+    __slots__ = ("child_env", "settings", "span", "spool")
+
+    def __init__(self, settings: Settings, span: Span, child_env: dict[str, str], spool: str | None) -> None:
+        self.settings = settings
+        self.span = span
+        self.child_env = child_env
+        self.spool = spool
+
+
+def _prepare(opts: options.RunOptions) -> Traced | None:
     """Settings, the step's span (ids, parent) and the child's environment; None when tracing is off."""
     from step_tracer.export.settings import Settings
 
@@ -166,25 +212,79 @@ def _prepare(opts: options.RunOptions) -> tuple[Settings, Span, dict[str, str]] 
     settings = Settings.from_env(env, _warn)
     if settings.disabled:
         return None
-    parent = parent_context(env)
+    spool: str | None = None
+    attributes: Attributes = {}
+    if opts.tekton_step or opts.tekton_step_index is not None:
+        from step_tracer.tekton import step
+
+        if not opts.program and opts.command[0].startswith(TEKTON_SCRIPTS):
+            opts.program = _script_program(opts.command[0])
+
+        placement = step.place(env, opts.tekton_step, opts.tekton_step_index, _warn)
+        parent = placement.parent
+        spool = placement.spool
+        attributes = placement.attributes
+        attributes["tekton.trace.parent_source"] = placement.source
+        settings.resource.update(placement.resource)
+    else:
+        parent = parent_context(env)
     trace_id = parent.trace_id if parent else context.new_trace_id()
     flags = parent.trace_flags if parent else 1
     span = Span(
-        opts.name or opts.tekton_step or os.path.basename(opts.command[0]),
+        opts.name or opts.tekton_step or os.path.basename((opts.display_command or opts.command)[0]),
         trace_id,
         context.new_span_id(),
         parent.span_id if parent else "",
         trace_state=parent.trace_state if parent else "",
         trace_flags=flags,
+        attributes=attributes,
     )
     child_env = dict(env)
     child_env["TRACEPARENT"] = context.SpanContext(trace_id, span.span_id, flags).traceparent()
     if span.trace_state:
         child_env["TRACESTATE"] = span.trace_state
-    return settings, span, child_env
+    return Traced(settings, span, child_env, spool)
 
 
-def _run_traced(opts: options.RunOptions, settings: Settings, span: Span, child_env: dict[str, str]) -> int:
+def _script_program(path: str) -> str:
+    """The interpreter of a Tekton script file (the webhook wraps `/tekton/scripts/...` as a command): the span
+    names `bash`, as it does for a patched script step."""
+    from step_tracer.wrapper import script
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return ""
+    return script.program_name(script.interpreter(head)) if head.startswith(b"#!") else ""
+
+
+def _write_ahead(opts: options.RunOptions, traced: Traced) -> None:
+    """The start record: if the wrapper is SIGKILLed (Tekton's step timeout, a cancel), the sidecar still
+    makes a span from it."""
+    if traced.spool is None:
+        return
+    from step_tracer.tekton import spool
+
+    start = Span(
+        traced.span.name,
+        traced.span.trace_id,
+        traced.span.span_id,
+        traced.span.parent_span_id,
+        trace_state=traced.span.trace_state,
+        trace_flags=traced.span.trace_flags,
+        start_ns=traced.span.start_ns,
+        attributes=dict(traced.span.attributes),
+    )
+    start.attributes.update(opts_attributes(opts))
+    try:
+        spool.write_start(traced.spool, traced.settings.resource, start)
+    except OSError as err:
+        _warn(f"cannot write the step's start record in {traced.spool} ({err}); the step runs anyway")
+
+
+def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
+    span, child_env = traced.span, traced.child_env
     timeout, grace = effective_timeout(opts)
     sampler: TreeSampler | None = None
     if opts.sample_interval > 0:
@@ -194,13 +294,14 @@ def _run_traced(opts: options.RunOptions, settings: Settings, span: Span, child_
     cgroup_before = cgroup.snapshot()
     span.start_ns = time.time_ns()
     started = time.monotonic_ns()
+    _write_ahead(opts, traced)
     try:
         child = process.run(opts.command, child_env, timeout=timeout, kill_after=grace, sampler=sampler)
     except process.SpawnError as err:
         span.end_ns = span.start_ns + (time.monotonic_ns() - started)
         _warn(str(err))
         describe(opts, span, outcome.not_started(err.exit_code, str(err)), exit_code=err.exit_code, env=child_env)
-        return _finish(span, settings, err.exit_code)
+        return _finish(traced, err.exit_code)
     span.end_ns = span.start_ns + (time.monotonic_ns() - started)
     try:
         usage = _usage(child, sampler)
@@ -215,10 +316,20 @@ def _run_traced(opts: options.RunOptions, settings: Settings, span: Span, child_
     except Exception as err:
         _warn(f"internal error while recording the span ({err!r}); the step's result is unchanged")
         return child.exit_code
-    return _finish(span, settings, child.exit_code)
+    return _finish(traced, child.exit_code)
 
 
-def _finish(span: Span, settings: Settings, exit_code: int) -> int:
+def _finish(traced: Traced, exit_code: int) -> int:
+    span, settings = traced.span, traced.settings
+    if traced.spool is not None:
+        # Steps never talk to the network in a pod with the sidecar: it ships the spool.
+        try:
+            from step_tracer.tekton import spool
+
+            spool.write_end(traced.spool, settings.resource, span)
+        except Exception as err:
+            _warn(f"span not written to the spool {traced.spool} ({err}); the step's result is unchanged")
+        return exit_code
     try:
         from step_tracer.export import export
 

@@ -48,8 +48,10 @@ class RunOptions:
     __slots__ = (
         "attrs",
         "command",
+        "display_command",
         "kill_after",
         "name",
+        "program",
         "record_args",
         "sample_interval",
         "tekton_step",
@@ -60,6 +62,9 @@ class RunOptions:
 
     def __init__(self) -> None:
         self.command: list[str] = []
+        # What the span names as the command when `command` is only how it runs (a script staged in a memfd).
+        self.display_command: list[str] = []
+        self.program = ""
         self.name = ""
         self.attrs: dict[str, str] = {}
         self.timeout: float | None = None

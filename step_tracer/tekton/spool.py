@@ -1,0 +1,125 @@
+"""The spool: one file per step span, written by the wrapper and shipped (then deleted) by the sidecar.
+
+`<trace_id>-<span_id>.start` is written when a step starts (end time 0), `<trace_id>-<span_id>.end` when it
+ends; each holds one `json_codec` line. Writers create `.<name>.<pid>.tmp` and rename it into place, so a
+reader sees a record whole or not at all; names starting with "." are never records.
+
+Imported by the wrapper on every Tekton step: stdlib C modules only at module level.
+"""
+
+from __future__ import annotations
+
+import os
+
+from step_tracer.otlp import json_codec
+from step_tracer.span import Batch
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~20 ms here)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from step_tracer.span import Attributes, AttributeValue, Span
+
+START = ".start"
+END = ".end"
+#: Steps and the sidecar may run as different UIDs: every record must be deletable and readable by any of them.
+RECORD_MODE = 0o666
+_HEX = frozenset("0123456789abcdef")
+
+
+def record_names(trace_id: str, span_id: str) -> tuple[str, str]:
+    """(start record name, end record name) of one span."""
+    key = trace_id + "-" + span_id
+    return key + START, key + END
+
+
+def write_start(spool_dir: str, resource: Mapping[str, AttributeValue], span: Span) -> str:
+    """Write the write-ahead record of a step that is starting. Returns its path; raises OSError."""
+    return _write(spool_dir, record_names(span.trace_id, span.span_id)[0], resource, span)
+
+
+def write_end(spool_dir: str, resource: Mapping[str, AttributeValue], span: Span) -> str:
+    """Write the finished span. Returns its path; raises OSError."""
+    return _write(spool_dir, record_names(span.trace_id, span.span_id)[1], resource, span)
+
+
+def _write(spool_dir: str, name: str, resource: Mapping[str, AttributeValue], span: Span) -> str:
+    # A lone surrogate (undecodable argv bytes) only occurs inside a JSON string: the escape \udcff is valid.
+    data = (json_codec.encode([Batch(resource, [span])]) + "\n").encode("utf-8", "backslashreplace")
+    path = os.path.join(spool_dir, name)
+    tmp = os.path.join(spool_dir, "." + name + "." + str(os.getpid()) + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, RECORD_MODE)
+    except FileExistsError:
+        # Left by a killed process that had our pid (pid namespaces restart at 1 in every container).
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, RECORD_MODE)
+    try:
+        try:
+            os.fchmod(fd, RECORD_MODE)  # the umask narrowed the mode os.open applied
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(f"short write to {tmp}")
+                view = view[written:]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def record_key(name: str) -> tuple[str, str] | None:
+    """(key, suffix) of a record file name, key = "<trace_id>-<span_id>"; None for anything else."""
+    if name.endswith(START):
+        key, suffix = name[: -len(START)], START
+    elif name.endswith(END):
+        key, suffix = name[: -len(END)], END
+    else:
+        return None
+    if len(key) != 49 or key[32] != "-" or not _HEX.issuperset(key[:32]) or not _HEX.issuperset(key[33:]):
+        return None
+    return key, suffix
+
+
+def list_records(spool_dir: str) -> tuple[set[str], set[str]]:
+    """(keys with a start record, keys with an end record), from one pass over the directory.
+
+    Only names are held, never contents, so a large backlog costs about 100 bytes per record.
+    """
+    starts: set[str] = set()
+    ends: set[str] = set()
+    with os.scandir(spool_dir) as entries:
+        for entry in entries:
+            parsed = record_key(entry.name)
+            if parsed is None:
+                continue
+            (starts if parsed[1] == START else ends).add(parsed[0])
+    return starts, ends
+
+
+def record_path(spool_dir: str, key: str, suffix: str) -> str:
+    return os.path.join(spool_dir, key + suffix)
+
+
+def parse_record(text: str) -> tuple[Attributes, Span]:
+    """(resource, span) of one record's content. Raises ValueError unless it holds exactly one span."""
+    batches = json_codec.decode(text.strip())
+    spans = [(b.resource, s) for b in batches for s in b.spans]
+    if len(spans) != 1:
+        raise ValueError(f"a spool record holds exactly one span, found {len(spans)}")
+    return spans[0]
+
+
+def read_record(path: str) -> tuple[Attributes, Span]:
+    """(resource, span) of the record at `path`. Raises OSError (FileNotFoundError once shipped) or ValueError."""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return parse_record(text)
