@@ -1,4 +1,5 @@
-"""Command dispatch: `run` goes straight to the wrapper; everything else (and `run --help`) goes to click."""
+"""Command dispatch: the wrapper (`run`, `run-script`) and the sidecar's readiness probe skip click; everything
+else (and `--help`) goes to click."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not options.wants_help(args[1:]):
             return entrypoint.main(args[1:])
+    if args[:1] == ["sidecar"] and "--ready" in args:
+        from step_tracer.sidecar import ready  # the kubelet runs the probe every second
+
+        if ready.spool_from_args(args[1:]) is not None:
+            return ready.ready_main(args[1:])
     from step_tracer.cli import cli
 
     try:

@@ -79,3 +79,11 @@ def test_tekton_step_into_the_spool_imports_nothing_heavy(tmp_path: Path) -> Non
         assert code == 0 and heavy == []
     ends = [p.read_text() for p in (tmp_path / "spool").glob("*.end")]
     assert len(ends) == 2 and all("0af7651916cd43dd8448eb211c80319c" in e for e in ends)
+
+
+def test_sidecar_readiness_probe_imports_nothing_heavy(tmp_path: Path) -> None:
+    """The kubelet runs the probe every second in every traced pod."""
+    argv = ("sidecar", "--ready", "--spool", str(tmp_path))
+    assert _imports_of_a_traced_step({"PATH": "/usr/bin:/bin"}, argv) == (1, [])
+    (tmp_path / ".ready").write_text("")
+    assert _imports_of_a_traced_step({"PATH": "/usr/bin:/bin"}, argv) == (0, [])
