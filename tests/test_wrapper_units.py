@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from step_tracer import context
 from step_tracer.wrapper import options, outcome, process
-from step_tracer.wrapper.entrypoint import effective_timeout
 from step_tracer.wrapper.redact import redact
 
 
@@ -144,14 +146,20 @@ def _opts(*argv: str) -> options.RunOptions:
     return options.parse([*argv, "--", "true"])
 
 
-def test_tekton_step_timeout_leaves_room_for_kill_and_span() -> None:
-    assert effective_timeout(_opts()) == (None, 2.0)
-    assert effective_timeout(_opts("--timeout", "10s")) == (10.0, 2.0)
-    term, grace = effective_timeout(_opts("--tekton-step-timeout", "10m"))
-    assert (term, grace) == (597.0, 2.0)
-    term, grace = effective_timeout(_opts("--tekton-step-timeout", "2s"))
-    assert term is not None and term + grace < 2.0 and term > 0.5
-    assert effective_timeout(_opts("--timeout", "5s", "--tekton-step-timeout", "10m")) == (5.0, 2.0)
+def test_original_environ_is_what_the_kernel_started_us_with() -> None:
+    code = (
+        "import os; os.environ['ADDED_LATER'] = '1'; del os.environ['KEEP'];"
+        "from step_tracer.wrapper.process import original_environ as o; e = o();"
+        "print(e.get('KEEP'), e.get('ADDED_LATER'), e.get('WEIRD'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"KEEP": "yes", "WEIRD": "a=b\nc", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "yes None a=b\nc\n"
 
 
 def test_signal_names() -> None:

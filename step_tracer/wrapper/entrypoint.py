@@ -28,27 +28,10 @@ if TYPE_CHECKING:
 #: Where Tekton's init container writes `script:` steps (pkg/pod/script.go).
 TEKTON_SCRIPTS = "/tekton/scripts/"
 
-#: Time kept after Tekton's step timeout hits for writing the span: the entrypoint SIGKILLs us at the timeout.
-_EXPORT_RESERVE_S = 1.0
-
 
 def _warn(message: str) -> None:
     sys.stderr.write(f"step-tracer: {message}\n")
     sys.stderr.flush()
-
-
-def effective_timeout(opts: options.RunOptions) -> tuple[float | None, float]:
-    """(seconds until SIGTERM, grace until SIGKILL): `--timeout` as given, or early enough under a Tekton step
-    timeout that the child is gone and the span written before Tekton's SIGKILL."""
-    timeout, grace = opts.timeout, opts.kill_after
-    step = opts.tekton_step_timeout
-    if step is not None and step > 0:
-        reserve = min(_EXPORT_RESERVE_S, step * 0.1)
-        step_grace = min(grace, step * 0.2)
-        term_at = step - step_grace - reserve
-        if timeout is None or term_at < timeout:
-            timeout, grace = term_at, step_grace
-    return timeout, grace
 
 
 def parent_context(env: Mapping[str, str]) -> context.SpanContext | None:
@@ -144,7 +127,7 @@ def _events(child: process.ChildExit) -> list[Event]:
 def _exec_untraced(command: list[str]) -> int:
     """Replace the wrapper with the command: tracing is off, so it should not even be in the process tree."""
     try:
-        process.replace(command)
+        process.replace(command, process.original_environ())
     except process.SpawnError as err:
         _warn(str(err))
         return err.exit_code
@@ -239,7 +222,7 @@ def _prepare(opts: options.RunOptions) -> Traced | None:
         trace_flags=flags,
         attributes=attributes,
     )
-    child_env = dict(env)
+    child_env = process.original_environ()
     child_env["TRACEPARENT"] = context.SpanContext(trace_id, span.span_id, flags).traceparent()
     if span.trace_state:
         child_env["TRACESTATE"] = span.trace_state
@@ -285,7 +268,10 @@ def _write_ahead(opts: options.RunOptions, traced: Traced) -> None:
 
 def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
     span, child_env = traced.span, traced.child_env
-    timeout, grace = effective_timeout(opts)
+    # --tekton-step-timeout is recorded, not enforced: Tekton's entrypoint SIGKILLs us at the deadline and reports
+    # TimeoutExceeded (skipping later steps even under onError: continue); stopping the command earlier would
+    # change that outcome. The sidecar turns the start record into a span with the result `timeout`.
+    timeout, grace = opts.timeout, opts.kill_after
     sampler: TreeSampler | None = None
     if opts.sample_interval > 0:
         from step_tracer.wrapper.sampler import TreeSampler

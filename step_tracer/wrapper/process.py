@@ -121,12 +121,31 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], sigmask: set[int], own_gr
         raise _not_started(argv[0], err) from err
 
 
-def replace(argv: Sequence[str]) -> NoReturn:
+def original_environ() -> dict[str, str]:
+    """The environment this process was started with, which the command must get unchanged.
+
+    os.environ is not it: CPython edits it at start-up (PEP 538 adds LC_CTYPE=C.UTF-8 under the C locale). The
+    kernel keeps the original strings, readable at /proc/self/environ.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return dict(os.environ)
+    env: dict[str, str] = {}
+    for item in data.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
+def replace(argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
     """exec the command in place of the wrapper, with the signal dispositions an unwrapped step would have."""
     for signo in _RESET_TO_DEFAULT:
         _signal.signal(signo, _signal.SIG_DFL)
     try:
-        os.execvp(argv[0], list(argv))
+        os.execvpe(argv[0], list(argv), env)
     except OSError as err:
         raise _not_started(argv[0], err) from err
 
