@@ -1,0 +1,737 @@
+"""The webhook's pod mutation, on pods exactly as Tekton's pod builder makes them (tests/webhook_pods.py)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from step_tracer.inject.model import DEFAULT_WRAPPER, InjectOptions
+from step_tracer.inject.resources import sidecar, step_mounts, volumes
+from step_tracer.inject.runner import patch_text
+from step_tracer.inject.steps import wrapper_command
+from step_tracer.otlp import json_codec
+from step_tracer.webhook.mutate import (
+    INJECTED_ANNOTATION,
+    NOT_WRAPPED_ANNOTATION,
+    OPT_OUT_KEY,
+    SIDECAR_CONTAINER,
+    Mutation,
+    WebhookOptions,
+    mutate,
+    parse_entrypoint_args,
+)
+from tests.otlp_receiver import HttpReceiver, ReceivedSpan
+from tests.tekton_harness import DEFAULT_PATH, Harness, Image, Mount, PipelineInfo, RunningPod
+from tests.tekton_harness import Container as HarnessContainer
+from tests.tekton_harness import Pod as HarnessPod
+from tests.tekton_harness import TaskRun as HarnessTaskRun
+from tests.webhook_pods import apply_patch, build_pod, entrypoint_command, go_duration, write_scripts
+
+NATIVE = WebhookOptions()
+CONTAINER = WebhookOptions(native_sidecar=False)
+PLATFORMS = {
+    "linux/amd64": ["/usr/local/bin/oras"],
+    "linux/arm64": ["/usr/local/bin/oras-arm"],
+    "linux/s390x": ["/usr/local/bin/oras"],
+    "windows/amd64": ["C:\\oras.exe"],
+}
+REGISTRY = {
+    "quay.io/konflux-ci/oras:latest": PLATFORMS,
+    "registry.access.redhat.com/ubi9/ubi-minimal:9.4": {"linux/amd64": ["/bin/bash"]},
+}
+
+
+def all_kinds_steps() -> list[dict[str, Any]]:
+    """One of every step kind a Konflux Task has, as the controller hands them to the pod builder."""
+    return [
+        # script without a shebang: Tekton adds #!/bin/sh + set -e
+        {"name": "init", "image": "registry.access.redhat.com/ubi9/ubi-minimal:9.4", "script": "echo init\n"},
+        # script with its own shebang and args
+        {
+            "name": "build",
+            "image": "quay.io/konflux-ci/buildah:latest",
+            "script": '#!/usr/bin/env bash\nset -eu\necho "$@"\n',
+            "args": ["--tls-verify=true", "$(params.IMAGE)"],
+            "workingDir": "/workspace/source",
+            "timeout": "1h",
+        },
+        # command + args, onError continue
+        {
+            "name": "scan",
+            "image": "quay.io/konflux-ci/clamav:latest",
+            "command": ["clamscan", "-r"],
+            "args": ["/workspace/source"],
+            "onError": "continue",
+        },
+        # args only: the image ENTRYPOINT, looked up per platform
+        {"name": "push", "image": "quay.io/konflux-ci/oras:latest", "args": ["push", "quay.io/x/y:z"]},
+        # resolved from a StepAction (ref: git-clone): command from the StepAction, params substituted
+        {
+            "name": "clone",
+            "image": "quay.io/konflux-ci/git-clone:latest",
+            "command": ["/ko-app/git-init"],
+            "args": ["-url", "https://github.com/x/y", "-revision", "main"],
+            "results": [{"name": "commit"}],
+            "timeout": "90s",
+        },
+        # unnamed step
+        {"image": "registry.access.redhat.com/ubi9/ubi-minimal:9.4", "command": ["true"]},
+    ]
+
+
+def all_kinds_pod(**kwargs: Any) -> dict[str, Any]:
+    return build_pod(
+        all_kinds_steps(),
+        sidecars=[{"name": "registry", "image": "docker.io/library/registry:2"}],
+        results=["IMAGE_DIGEST"],
+        image_commands=REGISTRY,
+        labels={
+            "tekton.dev/pipelineRun": "app-on-push-abc12",
+            "tekton.dev/pipelineTask": "build-container",
+            "tekton.dev/task": "buildah",
+        },
+        annotations={"tekton.dev/taskrunSpanContext": '{"traceparent":"00-' + "a" * 32 + "-" + "b" * 16 + '-01"}'},
+        **kwargs,
+    )
+
+
+def steps_of(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in pod["spec"]["containers"] if c["name"].startswith("step-")]
+
+
+def applied(pod: dict[str, Any], options: WebhookOptions = NATIVE) -> tuple[dict[str, Any], Mutation]:
+    mutation = mutate(pod, options)
+    assert mutation.patch, mutation.skipped
+    # Every op must apply to the pod as sent (replace/remove of missing members would fail at the API server).
+    return apply_patch(pod, mutation.patch), mutation
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    found = [c for c in [*pod["spec"]["initContainers"], *pod["spec"]["containers"]] if c["name"] == SIDECAR_CONTAINER]
+    assert len(found) == 1
+    container: dict[str, Any] = found[0]
+    return container
+
+
+def timeout_of(container: dict[str, Any]) -> str | None:
+    parsed = parse_entrypoint_args(container["args"])
+    assert parsed is not None
+    return parsed.value("timeout")
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64", "linux/arm64/v8", "linux/s390x"])
+def test_every_step_runs_the_wrapper_around_exactly_what_it_ran_before(platform: str) -> None:
+    pod = all_kinds_pod()
+    patched, mutation = applied(pod)
+    before, after = steps_of(pod), steps_of(patched)
+    assert [s.state for s in mutation.steps] == ["wrapped"] * 6
+    for index, (old, new) in enumerate(zip(before, after, strict=True)):
+        name = old["name"].removeprefix("step-")
+        expected = [*wrapper_command(InjectOptions(), name, index, timeout_of(old)), *entrypoint_command(old, platform)]
+        assert entrypoint_command(new, platform) == expected
+
+
+def test_flags_other_than_the_entrypoint_are_kept_in_order() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    for old, new in zip(steps_of(pod), steps_of(patched), strict=True):
+        old_flags = old["args"][: old["args"].index("--")]
+        new_flags = new["args"][: new["args"].index("--")]
+        if "-entrypoint" in old_flags:
+            at = old_flags.index("-entrypoint") + 1
+            assert new_flags[at] == DEFAULT_WRAPPER
+            old_flags, new_flags = old_flags[:at] + old_flags[at + 1 :], new_flags[:at] + new_flags[at + 1 :]
+        assert new_flags == old_flags
+        assert new["command"] == old["command"] == ["/tekton/bin/entrypoint"]
+
+
+def test_names_indexes_and_timeouts_come_from_the_pod() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    runs = [entrypoint_command(c) for c in steps_of(patched)]
+    assert [r[r.index("--tekton-step") + 1] for r in runs] == ["init", "build", "scan", "push", "clone", "unnamed-5"]
+    assert [r[r.index("--tekton-step-index") + 1] for r in runs] == ["0", "1", "2", "3", "4", "5"]
+    timeouts = [r[r.index("--tekton-step-timeout") + 1] if "--tekton-step-timeout" in r else None for r in runs]
+    assert timeouts == [None, "1h0m0s", None, None, "1m30s", None]
+
+
+def test_script_steps_keep_their_file_and_its_shebang() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    build = steps_of(patched)[1]
+    argv = entrypoint_command(build)
+    script = argv[argv.index("--") + 1]
+    assert script.startswith("/tekton/scripts/script-1-")
+    assert argv[argv.index("--") + 2 :] == ["--tls-verify=true", "$(params.IMAGE)"]
+    assert patched["spec"]["initContainers"][1] == pod["spec"]["initContainers"][1]  # place-scripts untouched
+
+
+def test_image_entrypoint_steps_get_every_linux_platform_wrapped_and_others_left_alone() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    push = steps_of(patched)[3]
+    assert push["args"] == steps_of(pod)[3]["args"]  # no -entrypoint: the entrypoint still picks by platform
+    commands = json.loads(next(e["value"] for e in push["env"] if e["name"] == "TEKTON_PLATFORM_COMMANDS"))
+    wrap = wrapper_command(InjectOptions(), "push", 3, None)
+    assert commands == {
+        "linux/amd64": [*wrap, "/usr/local/bin/oras"],
+        "linux/arm64": [*wrap, "/usr/local/bin/oras-arm"],
+        "linux/s390x": [*wrap, "/usr/local/bin/oras"],
+        "windows/amd64": ["C:\\oras.exe"],
+    }
+
+
+def test_pod_gets_the_patchers_volumes_mounts_and_sidecar() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    names = [v["name"] for v in patched["spec"]["volumes"]]
+    assert patched["spec"]["volumes"][len(pod["spec"]["volumes"]) :] == volumes(InjectOptions())
+    assert len(names) == len(set(names))
+    for old, new in zip(steps_of(pod), steps_of(patched), strict=True):
+        assert new["volumeMounts"] == [*old["volumeMounts"], *step_mounts()]
+    ours = sidecar_of(patched)
+    expected = sidecar(InjectOptions(), "tekton.dev/v1beta1", [])
+    for key in ("image", "command", "volumeMounts", "envFrom", "resources", "readinessProbe"):
+        assert ours[key] == expected[key], key
+    steps_env = json.loads(next(e["value"] for e in ours["env"] if e["name"] == "STEP_TRACER_STEPS"))
+    assert [s["name"] for s in steps_env] == ["init", "build", "scan", "push", "clone", "unnamed-5"]
+    assert steps_env[2]["onError"] == "continue"
+    assert steps_env[3]["image"].startswith("quay.io/konflux-ci/oras@sha256:")  # as Tekton resolved it
+    assert {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in ours["env"]
+    assert patched["metadata"]["annotations"][INJECTED_ANNOTATION] == "steps 6/6, sidecar native"
+
+
+def test_native_sidecar_is_the_last_init_container_and_gates_the_steps() -> None:
+    pod = all_kinds_pod()
+    patched, _ = applied(pod)
+    inits = patched["spec"]["initContainers"]
+    assert inits[:-1] == pod["spec"]["initContainers"]  # prepare, place-scripts, working-dir-initializer first
+    ours = inits[-1]
+    assert ours["name"] == SIDECAR_CONTAINER and ours["restartPolicy"] == "Always"
+    assert ours["startupProbe"]["exec"] == ours["readinessProbe"]["exec"]
+    assert patched["spec"]["containers"] == [*steps_of(patched), pod["spec"]["containers"][-1]]
+    assert patched["spec"]["containers"][-1]["name"] == "sidecar-registry"  # the Task's own sidecar, untouched
+
+
+def test_container_sidecar_is_named_so_tekton_treats_it_as_a_sidecar() -> None:
+    pod = all_kinds_pod()
+    patched, mutation = applied(pod, CONTAINER)
+    assert not mutation.native_sidecar
+    ours = patched["spec"]["containers"][-1]
+    assert ours["name"] == SIDECAR_CONTAINER and not ours["name"].startswith("step-")
+    assert "restartPolicy" not in ours and "startupProbe" not in ours
+    assert patched["spec"]["initContainers"] == pod["spec"]["initContainers"]
+    # Tekton already waits for its sidecars here (the Task has one): step 0 is left waiting as it was.
+    assert steps_of(patched)[0]["args"][:3] == ["-wait_file", "/tekton/downward/ready", "-wait_file_content"]
+    assert steps_of(patched)[0]["args"].count("/tekton/downward/ready") == 1
+    assert "tekton.dev/ready" not in patched["metadata"]["annotations"]
+
+
+def test_container_sidecar_makes_a_ready_at_creation_pod_wait_for_it() -> None:
+    # No sidecars and running-in-environment-with-injected-sidecars=false: Tekton starts step 0 at once.
+    pod = build_pod(
+        [{"name": "a", "image": "alpine", "command": ["true"]}, {"name": "b", "image": "alpine", "command": ["true"]}],
+        running_in_environment_with_injected_sidecars=False,
+    )
+    assert pod["metadata"]["annotations"]["tekton.dev/ready"] == "READY"
+    assert "-wait_file_content" not in pod["spec"]["containers"][0]["args"]
+    patched, _ = applied(pod, CONTAINER)
+    assert "tekton.dev/ready" not in patched["metadata"]["annotations"]  # Tekton sets it once sidecars are Ready
+    first = steps_of(patched)[0]
+    assert first["args"][:3] == ["-wait_file", "/tekton/downward/ready", "-wait_file_content"]
+    assert {"name": "tekton-internal-downward", "mountPath": "/tekton/downward", "readOnly": True} in first[
+        "volumeMounts"
+    ]
+    downward = [v for v in patched["spec"]["volumes"] if v["name"] == "tekton-internal-downward"]
+    assert downward == [
+        {
+            "name": "tekton-internal-downward",
+            "downwardAPI": {
+                "items": [{"path": "ready", "fieldRef": {"fieldPath": "metadata.annotations['tekton.dev/ready']"}}]
+            },
+        }
+    ]
+    assert steps_of(patched)[1]["args"][:2] == ["-wait_file", "/tekton/run/0/out"]
+    # The native sidecar needs none of this: the kubelet holds the steps until its startup probe passes.
+    native, _ = applied(pod, NATIVE)
+    assert native["metadata"]["annotations"]["tekton.dev/ready"] == "READY"
+    assert "-wait_file_content" not in steps_of(native)[0]["args"]
+
+
+def test_ready_gate_reuses_tektons_downward_volume_when_keep_pod_on_cancel_made_one() -> None:
+    pod = build_pod(
+        [{"name": "a", "image": "alpine", "command": ["true"]}],
+        running_in_environment_with_injected_sidecars=False,
+        keep_pod_on_cancel=True,
+    )
+    patched, _ = applied(pod, CONTAINER)
+    assert [v["name"] for v in patched["spec"]["volumes"]].count("tekton-internal-downward") == 1
+    assert [m["name"] for m in steps_of(patched)[0]["volumeMounts"]].count("tekton-internal-downward") == 1
+
+
+def test_tektons_native_sidecars_stay_before_ours() -> None:
+    pod = all_kinds_pod(kubernetes_sidecars=True)
+    patched, _ = applied(pod)
+    names = [c["name"] for c in patched["spec"]["initContainers"]]
+    assert names == ["prepare", "place-scripts", "working-dir-initializer", "sidecar-registry", SIDECAR_CONTAINER]
+
+
+@pytest.mark.parametrize(
+    ("labels", "tekton"),
+    [
+        ({"app.kubernetes.io/managed-by": "tekton-pipelines"}, True),
+        ({"tekton.dev/taskRun": "x"}, True),
+        ({"app.kubernetes.io/managed-by": "helm"}, False),
+        ({}, False),
+    ],
+)
+def test_only_tekton_pods_are_touched(labels: dict[str, str], tekton: bool) -> None:
+    pod = build_pod([{"name": "a", "image": "alpine", "command": ["true"]}])
+    pod["metadata"]["labels"] = labels
+    mutation = mutate(pod, NATIVE)
+    assert bool(mutation.patch) == tekton
+    assert mutation.skipped == ("" if tekton else "not-tekton")
+
+
+def test_plain_pods_are_left_alone() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "nginx", "labels": {"app": "nginx"}},
+        "spec": {"containers": [{"name": "step-x", "image": "nginx"}]},
+    }
+    assert mutate(pod, NATIVE) == Mutation(skipped="not-tekton")
+    assert mutate(["not", "a", "pod"], NATIVE).skipped == "not-a-pod"
+
+
+@pytest.mark.parametrize("where", ["labels", "annotations"])
+@pytest.mark.parametrize("value", ["false", "False", "disabled"])
+def test_opt_out_from_the_taskrun_or_pipeline(where: str, value: str) -> None:
+    pod = build_pod([{"name": "a", "image": "alpine", "command": ["true"]}])
+    pod["metadata"][where][OPT_OUT_KEY] = value
+    assert mutate(pod, NATIVE) == Mutation(skipped="opted-out")
+    pod["metadata"][where][OPT_OUT_KEY] = "true"
+    assert mutate(pod, NATIVE).patch
+
+
+@pytest.mark.parametrize("options", [NATIVE, CONTAINER], ids=["native", "container"])
+def test_a_mutated_pod_is_left_alone(options: WebhookOptions) -> None:
+    once, _ = applied(all_kinds_pod(running_in_environment_with_injected_sidecars=False), options)
+    again = mutate(once, options)
+    assert again == Mutation(skipped="already-instrumented")
+
+
+def test_a_pod_from_a_patched_task_is_left_alone() -> None:
+    # What `step-tracer inject` makes of a Task, built into a pod by Tekton: wrapper already in the command.
+    task_sidecar = sidecar(InjectOptions(), "tekton.dev/v1", [])
+    task_sidecar["computeResources"] = task_sidecar.pop("computeResources")
+    steps = [
+        {
+            "name": "a",
+            "image": "alpine",
+            "command": [*wrapper_command(InjectOptions(), "a", 0, None), "make"],
+            "volumeMounts": step_mounts(),
+        }
+    ]
+    pod = build_pod(steps, sidecars=[task_sidecar])
+    pod["spec"]["volumes"] += volumes(InjectOptions())
+    assert mutate(pod, NATIVE) == Mutation(skipped="already-instrumented")
+    # Even without our volumes, a step that already runs the wrapper is not wrapped twice.
+    bare = build_pod(steps)
+    for c in bare["spec"]["containers"]:
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if not m["name"].startswith("step-tracer-")]
+    patched, mutation = applied(bare)
+    assert [s.state for s in mutation.steps] == ["already"]
+    assert entrypoint_command(steps_of(patched)[0]) == entrypoint_command(steps_of(bare)[0])
+
+
+def test_windows_pods_are_left_alone() -> None:
+    pod = build_pod([{"name": "a", "image": "mcr.microsoft.com/windows/nanoserver", "command": ["cmd"]}])
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "windows"}
+    assert mutate(pod, NATIVE) == Mutation(skipped="windows")
+
+
+def test_a_step_mounting_something_at_our_paths_is_a_conflict() -> None:
+    pod = build_pod([{"name": "a", "image": "alpine", "command": ["true"]}])
+    pod["spec"]["containers"][0]["volumeMounts"].append({"name": "mine", "mountPath": "/step-tracer/spool/"})
+    assert mutate(pod, NATIVE) == Mutation(skipped="conflict")
+
+
+def test_unreadable_steps_are_reported_and_the_rest_still_wrapped() -> None:
+    pod = build_pod(
+        [
+            {"name": "a", "image": "alpine", "command": ["true"]},
+            {"name": "b", "image": "alpine", "command": ["true"]},
+            {"name": "c", "image": "quay.io/x/y:1", "args": ["x"]},
+        ],
+        image_commands={"quay.io/x/y:1": {"linux/amd64": ["/y"]}},
+    )
+    b, c = pod["spec"]["containers"][1], pod["spec"]["containers"][2]
+    b["args"].remove("--")  # not in Tekton's FLAGS -- ARGS form
+    c["env"][-1]["value"] = "not json"
+    patched, mutation = applied(pod)
+    assert [s.state for s in mutation.steps] == ["wrapped", "unwrapped", "unwrapped"]
+    assert patched["spec"]["containers"][1]["args"] == b["args"]
+    assert "step-b: entrypoint arguments" in patched["metadata"]["annotations"][NOT_WRAPPED_ANNOTATION]
+    assert "step-c: no -entrypoint" in patched["metadata"]["annotations"][NOT_WRAPPED_ANNOTATION]
+    assert patched["spec"]["containers"][1]["volumeMounts"][-3:] == step_mounts()  # still sees the spool
+
+
+def test_nothing_wrappable_means_no_sidecar() -> None:
+    pod = build_pod([{"name": "a", "image": "quay.io/x/y:1", "args": ["x"]}], image_commands={"quay.io/x/y:1": {}})
+    mutation = mutate(pod, NATIVE)
+    assert mutation.skipped == "nothing-to-wrap" and not mutation.patch
+    assert [s.state for s in mutation.steps] == ["unwrapped"]
+
+
+def test_flag_forms_the_go_flag_package_accepts() -> None:
+    args = ["--wait_file_content", "-timeout=5s", "--entrypoint=/bin/sh", "-on_error", "-entrypoint", "--", "-c", "x"]
+    parsed = parse_entrypoint_args(args)
+    assert parsed is not None
+    # "-entrypoint" is the *value* of -on_error here; the real one is the inline --entrypoint=/bin/sh.
+    assert parsed.value("on_error") == "-entrypoint" and parsed.value("entrypoint") == "/bin/sh"
+    assert parsed.value("timeout") == "5s" and parsed.command_args == ["-c", "x"]
+    pod = build_pod([{"name": "a", "image": "alpine", "command": ["true"]}])
+    pod["spec"]["containers"][0]["args"] = args
+    patched, _ = applied(pod)
+    assert entrypoint_command(patched["spec"]["containers"][0]) == [
+        *wrapper_command(InjectOptions(), "a", 0, "5s"),
+        "/bin/sh",
+        "-c",
+        "x",
+    ]
+    for bad in (["-entrypoint", "x"], ["--", "x"], ["-post_file"], ["positional", "--"]):
+        assert parse_entrypoint_args(bad) is None
+
+
+def test_long_step_names_are_the_container_names_tekton_cut() -> None:
+    name = "a" * 62
+    pod = build_pod([{"name": name, "image": "alpine", "command": ["true"]}])
+    patched, _ = applied(pod)
+    argv = entrypoint_command(steps_of(patched)[0])
+    assert argv[argv.index("--tekton-step") + 1] == name[:58]  # "step-" + 58 = 63
+
+
+def test_go_duration_matches_time_duration_string() -> None:
+    cases = {5: "5s", 90: "1m30s", 3600: "1h0m0s", 0.5: "500ms", 1.5: "1.5s", 0: "0s", 7322.25: "2h2m2.25s"}
+    assert {k: go_duration(k) for k in cases} == cases
+
+
+@pytest.fixture
+def scripts_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "tekton" / "scripts")
+
+
+def test_patched_steps_run_under_the_real_wrapper(tmp_path: Path, scripts_dir: str) -> None:
+    """Each kind of patched step, run the way the entrypoint would run it, with the installed wrapper."""
+    launcher = str(Path(sys.executable).parent / "step-tracer")
+    steps = [
+        {"name": "script", "image": "alpine", "script": 'echo "script $1"\nexit 3\n', "args": ["arg1"]},
+        {"name": "shebang", "image": "alpine", "script": '#!/bin/sh\necho "shebang $@"\n', "args": ["a", "b"]},
+        {"name": "command", "image": "alpine", "command": ["sh", "-c"], "args": ["echo command; exit 0"]},
+        {"name": "image", "image": "quay.io/x/tool:1", "args": ["-c", "echo image"]},
+    ]
+    pod = build_pod(steps, scripts_dir=scripts_dir, image_commands={"quay.io/x/tool:1": {"linux/amd64": ["sh"]}})
+    write_scripts(pod)
+    options = WebhookOptions(inject=InjectOptions(wrapper=launcher))
+    patched, _ = applied(pod, options)
+    spans = tmp_path / "spans.jsonl"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEP_TRACER_", "TRACE"))}
+    outputs, codes = [], []
+    for container in steps_of(patched):
+        env = {**base_env, **{e["name"]: e["value"] for e in container.get("env", [])}, "STEP_TRACER_FILE": str(spans)}
+        env["STEP_TRACER_SPOOL"] = str(tmp_path / "no-spool")  # no spool dir here: the wrapper exports to the file
+        env["STEP_TRACER_PODINFO"] = str(tmp_path / "no-podinfo")
+        done = subprocess.run(entrypoint_command(container), env=env, capture_output=True, timeout=60)
+        outputs.append(done.stdout.decode())
+        codes.append(done.returncode)
+    assert outputs == ["script arg1\n", "shebang a b\n", "command\n", "image\n"]
+    assert codes == [3, 0, 0, 0]
+    recorded = [s for line in spans.read_text().splitlines() for b in json_codec.decode(line) for s in b.spans]
+    assert [(s.name, s.attributes["tekton.step.index"]) for s in recorded] == [
+        ("script", 0),
+        ("shebang", 1),
+        ("command", 2),
+        ("image", 3),
+    ]
+    assert [s.attributes["process.exit.code"] for s in recorded] == [3, 0, 0, 0]
+    assert str(recorded[0].attributes["process.command"]).startswith(scripts_dir + "/script-0-")
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        {"metadata": "x", "spec": []},
+        {"metadata": {"labels": {"tekton.dev/taskRun": "x"}}, "spec": {"containers": "x", "volumes": 3}},
+        {"metadata": {"labels": {"tekton.dev/taskRun": "x"}}, "spec": {"containers": [{"name": 1}, "x", None]}},
+        {
+            "metadata": {"labels": {"tekton.dev/taskRun": "x"}, "annotations": None},
+            "spec": {"containers": [{"name": "step-a", "command": ["/tekton/bin/entrypoint"], "args": ["-x", 1]}]},
+        },
+        {
+            "metadata": {"labels": {"tekton.dev/taskRun": "x"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "step-a",
+                        "command": ["/tekton/bin/entrypoint"],
+                        "args": ["-post_file", "f", "--"],
+                        "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": '{"linux/amd64": [1]}'}],
+                    }
+                ]
+            },
+        },
+    ],
+    ids=["meta-string", "containers-string", "odd-containers", "args-not-strings", "commands-not-strings"],
+)
+def test_odd_pods_are_skipped_not_crashed_on(pod: dict[str, Any]) -> None:
+    mutation = mutate(pod, NATIVE)
+    assert not mutation.patch and mutation.skipped
+
+
+# -- the webhook's pod through the Tekton stand-in, against a patched Task ---------------------------------------------
+# The harness (tests/tekton_harness) plays controller, kubelet and entrypoint. It has no init containers, so this
+# runs the container-mode sidecar; the native one differs only in where the kubelet starts and stops it.
+
+HARNESS_IMAGES = {
+    "local": Image(path=f"{Path(sys.executable).parent}:{DEFAULT_PATH}"),  # the step-tracer image
+    "tool": Image(entrypoint=("/bin/sh", "-c", 'echo "tool: $*"', "tool")),
+}
+HARNESS_INJECT = InjectOptions(
+    wrapper=str(Path(sys.executable).parent / "step-tracer"),
+    sidecar_image="local",
+    resolve_entrypoints=True,
+    resolve=lambda image: list(HARNESS_IMAGES[image].entrypoint) if image in HARNESS_IMAGES else None,
+)
+HARNESS_TASK: dict[str, Any] = {
+    "apiVersion": "tekton.dev/v1",
+    "kind": "Task",
+    "metadata": {"name": "every-kind"},
+    "spec": {
+        "params": [{"name": "version", "default": "1.0"}],
+        "results": [{"name": "artifact"}],
+        "steps": [
+            {
+                "name": "build",
+                "image": "busybox",
+                "command": ["sh", "-c"],
+                "args": ["echo b > $(results.artifact.path)"],
+            },
+            {"name": "lint", "image": "busybox", "onError": "continue", "script": "echo lint >&2\nexit 3"},
+            {
+                "name": "report",
+                "image": "python",
+                "script": "#!/usr/bin/env python3\nimport sys\nprint('report', *sys.argv[1:])",
+                "args": ["--fast"],
+            },
+            {"name": "package", "image": "tool", "args": ["$(params.version)"]},
+            # As a StepAction reference reaches the pod: resolved into an ordinary step, with its results.
+            {
+                "name": "clone",
+                "image": "busybox",
+                "command": ["sh", "-c", "printf abc > $(step.results.commit.path)"],
+                "results": [{"name": "commit"}],
+            },
+            {"image": "busybox", "command": ["true"]},
+            {"name": "publish", "image": "busybox", "timeout": "2s", "command": ["sleep", "30"]},
+        ],
+        "sidecars": [{"name": "helper", "image": "busybox", "command": ["sleep", "60"]}],
+    },
+}
+
+
+def harness_manifest(pod: HarnessPod) -> dict[str, Any]:
+    """The Kubernetes object of a harness pod: what the API server would hand the webhook."""
+
+    def container(c: HarnessContainer) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": c.name,
+            "image": c.image,
+            "command": list(c.command),
+            "args": list(c.args),
+            "volumeMounts": [
+                {"name": m.name, "mountPath": m.mount_path, **({"readOnly": True} if m.read_only else {})}
+                for m in c.volume_mounts
+            ],
+        }
+        for key, value in (("env", c.env), ("envFrom", c.env_from), ("workingDir", c.working_dir)):
+            if value:
+                out[key] = copy.deepcopy(value)
+        if c.readiness_probe:
+            out["readinessProbe"] = copy.deepcopy(c.readiness_probe)
+        return out
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "labels": dict(pod.labels),
+            "annotations": dict(pod.annotations),
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [],
+            "containers": [container(c) for c in pod.containers],
+            "volumes": copy.deepcopy(pod.volumes),
+        },
+    }
+
+
+def harness_pod(pod: HarnessPod, manifest: dict[str, Any]) -> HarnessPod:
+    """The harness pod for `manifest` (a patched `harness_manifest(pod)`)."""
+    spec = manifest["spec"]
+    assert not spec["initContainers"], "the harness runs no init containers"
+    old = {c.name: c for c in pod.containers}
+    containers: list[HarnessContainer] = []
+    for raw in spec["containers"]:
+        was = old.get(raw["name"])
+        sidecars = sum(c.kind == "sidecar" for c in containers)
+        containers.append(
+            HarnessContainer(
+                name=raw["name"],
+                kind=was.kind if was else "sidecar",
+                index=was.index if was else sidecars,
+                step_name=was.step_name if was else raw["name"].removeprefix("sidecar-"),
+                image=raw["image"],
+                command=list(raw.get("command") or []),
+                args=list(raw.get("args") or []),
+                env=copy.deepcopy(raw.get("env") or []),
+                env_from=copy.deepcopy(raw.get("envFrom") or []),
+                working_dir=raw.get("workingDir", ""),
+                volume_mounts=[Mount(m["name"], m["mountPath"], bool(m.get("readOnly"))) for m in raw["volumeMounts"]],
+                readiness_probe=copy.deepcopy(raw.get("readinessProbe")),
+                image_config=was.image_config if was else HARNESS_IMAGES[raw["image"]],
+                termination_path=was.termination_path if was else pod.root / "containers" / raw["name"] / "termination",
+                on_error=was.on_error if was else "",
+            )
+        )
+    meta = manifest["metadata"]
+    return dataclasses.replace(
+        pod,
+        labels=dict(meta["labels"]),
+        annotations=dict(meta["annotations"]),
+        volumes=copy.deepcopy(spec["volumes"]),
+        containers=containers,
+    )
+
+
+def test_harness_manifest_round_trips() -> None:
+    harness = Harness(Path("/nonexistent"), images=HARNESS_IMAGES)
+    pod = harness.build(HARNESS_TASK, HarnessTaskRun(name="rt"))
+    assert harness_pod(pod, harness_manifest(pod)) == pod
+
+
+def _comparable(span: ReceivedSpan) -> tuple[Any, ...]:
+    """A span minus what differs between any two runs (times, pids, usage, span ids, the pod's uid)."""
+    volatile = ("process.pid", "process.parent_pid", "process.cpu.", "process.memory.", "process.disk.", "container.")
+    attributes = {k: v for k, v in span.attributes.items() if not k.startswith(volatile)}
+    script = re.fullmatch(
+        r".*/(?:tekton/scripts|tekton-internal-scripts)/(script-\d+)-[a-z0-9]{5}", str(attributes["process.command"])
+    )
+    if script:
+        # The file name is random per pod, and the harness runs it from its host directory. A patched Task's script
+        # has the wrapper as its interpreter (`run-script`), which names the script's own interpreter as the
+        # executable; the webhook's `run -- /tekton/scripts/...` names the script file (deploy/webhook/README.md).
+        attributes["process.command"] = f"/tekton/scripts/{script.group(1)}-*"
+        for key in ("process.executable.name", "process.executable.path"):
+            attributes.pop(key, None)
+    resource = {k: v for k, v in span.resource.items() if k != "k8s.pod.uid"}
+    return (span.name, span.trace_id, span.parent_span_id, span.kind, span.status_code, attributes, resource)
+
+
+def test_the_webhooks_pod_gives_the_spans_a_patched_task_gives(tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    secrets = {"step-tracer-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint}}
+    harness = Harness(tmp_path, images=HARNESS_IMAGES, secrets=secrets)
+    carrier = json.dumps({"traceparent": f"00-{'4b' * 16}-{'a1' * 8}-01"})
+    taskrun = HarnessTaskRun(
+        name="every-kind-run",
+        namespace="builds",
+        annotations={"tekton.dev/taskrunSpanContext": carrier},
+        pipeline=PipelineInfo("release", "release-run-7", "5d0c8a34-6b7e-4f0f-9a51-0e6c7b9f1a2d", "every-kind"),
+    )
+
+    patched = patch_text(json.dumps(HARNESS_TASK), HARNESS_INJECT, source="every-kind.json")
+    assert not patched.unwrapped
+    by_task = harness.run(json.loads(patched.text), taskrun)
+    task_spans = list(http_receiver.spans)
+    http_receiver.clear()
+
+    pod = harness.build(HARNESS_TASK, taskrun)
+    manifest = harness_manifest(pod)
+    mutation = mutate(manifest, WebhookOptions(inject=HARNESS_INJECT, native_sidecar=False))
+    assert [s.state for s in mutation.steps] == ["wrapped"] * 7
+    running = RunningPod(harness, harness_pod(pod, apply_patch(manifest, mutation.patch)))
+    running.start()
+    by_webhook = running.wait(120)
+    webhook_spans = list(http_receiver.spans)
+
+    def undated(stderr: bytes) -> bytes:
+        # The entrypoint's own log lines (a timed-out step's) carry Go's log timestamp.
+        return re.sub(rb"(?m)^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", b"", stderr)
+
+    outcome = [(s.name, s.reason, s.exit_code, s.stdout, undated(s.stderr)) for s in by_task.steps]
+    assert [(s.name, s.reason, s.exit_code, s.stdout, undated(s.stderr)) for s in by_webhook.steps] == outcome
+    assert outcome[:6] == [
+        ("build", "Completed", 0, b"", b""),
+        ("lint", "Continued", 3, b"", b"lint\n"),
+        ("report", "Completed", 0, b"report --fast\n", b""),
+        ("package", "Completed", 0, b"tool: 1.0\n", b""),
+        ("clone", "Completed", 0, b"", b""),
+        ("unnamed-5", "Completed", 0, b"", b""),
+    ]
+    assert by_webhook.results == by_task.results == {"artifact": "b\n"}
+    assert by_webhook.step("clone").results == {"commit": "abc"}
+    assert [s.name for s in by_webhook.sidecars] == ["helper", "step-tracer"]
+    assert all(s.ready for s in by_webhook.sidecars)
+
+    assert len(webhook_spans) == len(task_spans) == 7
+    assert sorted(map(_comparable, webhook_spans), key=repr) == sorted(map(_comparable, task_spans), key=repr)
+    results = {s.name: s.attributes["cicd.pipeline.task.run.result"] for s in webhook_spans}
+    assert results == {
+        "build": "success",
+        "lint": "failure",
+        "report": "success",
+        "package": "success",
+        "clone": "success",
+        "unnamed-5": "success",
+        "publish": "timeout",
+    }
+
+
+def test_a_pod_tekton_would_start_at_once_waits_for_the_container_sidecar(
+    tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    secrets = {"step-tracer-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint}}
+    harness = Harness(tmp_path, images=HARNESS_IMAGES, secrets=secrets)
+    task = {
+        "apiVersion": "tekton.dev/v1",
+        "kind": "Task",
+        "metadata": {"name": "no-sidecars"},
+        "spec": {"steps": [{"name": "a", "image": "busybox", "command": ["true"]}, {"name": "b", "image": "tool"}]},
+    }
+    pod = harness.build(task, HarnessTaskRun(name="quick"))
+    assert pod.annotations["tekton.dev/ready"] == "READY"  # no sidecars: the harness, like Tekton, starts at once
+    manifest = harness_manifest(pod)
+    mutation = mutate(manifest, WebhookOptions(inject=HARNESS_INJECT, native_sidecar=False))
+    patched = harness_pod(pod, apply_patch(manifest, mutation.patch))
+    assert "tekton.dev/ready" not in patched.annotations
+    running = RunningPod(harness, patched)
+    running.start()
+    result = running.wait(120)  # a step 0 waiting for a ready file nobody writes would hang here
+    assert [(s.name, s.reason) for s in result.steps] == [("a", "Completed"), ("b", "Completed")]
+    assert [s.ready for s in result.sidecars] == [True]
+    spans = sorted(http_receiver.spans, key=lambda s: s.start_ns)
+    assert [s.name for s in spans if "tekton.step.name" in s.attributes] == ["a", "b"]
+    ready = (patched.volume_dir("step-tracer-spool") / ".ready").stat().st_mtime_ns
+    assert ready <= min(s.start_ns for s in spans if "tekton.step.name" in s.attributes)
