@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 STEP_TRACER = str(Path(sys.executable).parent / "step-tracer")
 
@@ -95,3 +96,13 @@ def test_an_invalid_input_names_the_file_and_exits_2(tmp_path: Path) -> None:
     bad.write_text("apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: x}\nspec:\n  steps: 3\n")
     result = inject(str(bad))
     assert result.returncode == 2 and f"{bad}: Task/x: steps is not a list" in result.stderr
+
+
+def test_otlp_settings_from_a_configmap_and_the_secret_winning() -> None:
+    result = inject("--otlp-configmap", "otel-endpoint", "--otlp-secret", "otel-token", "-", stdin=TASK)
+    sidecar = YAML(typ="safe").load(result.stdout)["spec"]["sidecars"][0]
+    # Kubernetes: for a key in several envFrom sources, the last source wins.
+    assert sidecar["envFrom"] == [
+        {"configMapRef": {"name": "otel-endpoint", "optional": True}},
+        {"secretRef": {"name": "otel-token", "optional": True}},
+    ]

@@ -32,6 +32,12 @@ def bundle() -> None:
     "--otlp-secret", default=DEFAULT_OTLP_SECRET, show_default=True, help="Secret with the sidecar's OTEL_* settings."
 )
 @click.option(
+    "--otlp-configmap",
+    default="",
+    metavar="NAME",
+    help="ConfigMap (optional) with non-secret OTEL_* settings for the sidecar; the Secret's keys win.",
+)
+@click.option(
     "--resolve-entrypoints",
     is_flag=True,
     help="Look up the ENTRYPOINT of steps that have neither command nor script in their image's registry "
@@ -53,6 +59,7 @@ def patch(
     wrapper: str,
     sidecar_image: str,
     otlp_secret: str,
+    otlp_configmap: str,
     resolve_entrypoints: bool,
     progress: bool | None,
     results_dir: str | None,
@@ -84,6 +91,7 @@ def patch(
             wrapper=wrapper,
             sidecar_image=sidecar_image,
             otlp_secret=otlp_secret,
+            otlp_configmap=otlp_configmap,
             resolve_entrypoints=resolve_entrypoints,
             resolve=make_resolver(insecure=insecure) if resolve_entrypoints else None,
         )

@@ -31,6 +31,12 @@ from step_tracer.inject.runner import inject_paths
     help="Secret (optional) whose keys become the sidecar's OTEL_* environment.",
 )
 @click.option(
+    "--otlp-configmap",
+    default="",
+    metavar="NAME",
+    help="ConfigMap (optional) with non-secret OTEL_* settings for the sidecar; the Secret's keys win.",
+)
+@click.option(
     "--resolve-entrypoints",
     is_flag=True,
     help="Look up the ENTRYPOINT of command-less steps' images in their registries (docker config auth).",
@@ -51,6 +57,7 @@ def inject(
     wrapper: str,
     sidecar_image: str,
     otlp_secret: str,
+    otlp_configmap: str,
     resolve_entrypoints: bool,
     insecure: bool,
     verbose: bool,
@@ -82,6 +89,7 @@ def inject(
             wrapper=wrapper,
             sidecar_image=sidecar_image,
             otlp_secret=otlp_secret,
+            otlp_configmap=otlp_configmap,
             resolve_entrypoints=resolve_entrypoints,
             resolve=resolve,
         )

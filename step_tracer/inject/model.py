@@ -47,6 +47,8 @@ class InjectOptions:
     wrapper: str = DEFAULT_WRAPPER
     sidecar_image: str = DEFAULT_SIDECAR_IMAGE
     otlp_secret: str = DEFAULT_OTLP_SECRET
+    # Non-secret OTLP settings (endpoint, protocol) may live in a ConfigMap; the Secret's keys win over it.
+    otlp_configmap: str = ""
     resolve_entrypoints: bool = False
     resolve: Resolver | None = None
 

@@ -127,7 +127,11 @@ def sidecar(options: InjectOptions, api_version: str, steps: Any = None) -> dict
             {"name": "STEP_TRACER_STEPS", "value": steps_manifest(steps)},
             {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],
-        "envFrom": [{"secretRef": {"name": options.otlp_secret, "optional": True}}],
+        # Later envFrom sources win: the Secret (credentials, headers) overrides the ConfigMap.
+        "envFrom": [
+            *([{"configMapRef": {"name": options.otlp_configmap, "optional": True}}] if options.otlp_configmap else []),
+            {"secretRef": {"name": options.otlp_secret, "optional": True}},
+        ],
         resources_key: {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
         "readinessProbe": {
             "exec": {"command": ["step-tracer", "sidecar", "--ready", "--spool", SPOOL_DIR]},
