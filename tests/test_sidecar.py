@@ -63,6 +63,19 @@ def test_finished_steps_are_shipped_enriched_and_deleted(pod: Pod, http_receiver
     assert "tekton.step.image" not in got[2].attributes  # no entry for index 2
 
 
+def test_unsampled_steps_are_deleted_unshipped(pod: Pod, http_receiver: HttpReceiver) -> None:
+    pod.spool.mkdir()
+    unsampled = step_span(0, name="quiet")
+    unsampled.trace_flags = 0
+    write_step(pod, unsampled)
+    write_step(pod, step_span(1, name="loud"))
+    with Sidecar(pod, http_env(pod, http_receiver)) as sidecar:
+        sidecar.wait_ready()
+        pod.wait_empty()
+        assert sidecar.stop()[0] == 0
+    assert [s.name for s in http_receiver.spans] == ["loud"]
+
+
 def test_grpc_protocol(pod: Pod, grpc_receiver: GrpcReceiver) -> None:
     env = pod.env(OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     with Sidecar(pod, env) as sidecar:

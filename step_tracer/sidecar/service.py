@@ -407,6 +407,10 @@ class Sidecar:
     # -- exporting and waiting -------------------------------------------------------------------------------
 
     def _export(self, spans: Sequence[ReadableSpan]) -> bool:
+        # An unsampled parent (Tekton's trace sampled out) means: record nothing, as the SDK's samplers would.
+        spans = [s for s in spans if s.context is not None and s.context.trace_flags.sampled]
+        if not spans:
+            return True
         self.worker.submit(spans)
         while True:
             result = self.worker.result()
