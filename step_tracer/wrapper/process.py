@@ -121,12 +121,19 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], sigmask: set[int], own_gr
         raise _not_started(argv[0], err) from err
 
 
+#: The step's environment, when the process that started Python had to take variables out of it (the
+#: self-contained wrapper's boot.py moves LD_PRELOAD and friends past its own loader, then sets this).
+STARTED_ENVIRON: dict[str, str] | None = None
+
+
 def original_environ() -> dict[str, str]:
     """The environment this process was started with, which the command must get unchanged.
 
     os.environ is not it: CPython edits it at start-up (PEP 538 adds LC_CTYPE=C.UTF-8 under the C locale). The
     kernel keeps the original strings, readable at /proc/self/environ.
     """
+    if STARTED_ENVIRON is not None:
+        return dict(STARTED_ENVIRON)
     try:
         with open("/proc/self/environ", "rb") as f:
             data = f.read()
