@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -271,3 +272,46 @@ def test_script_step_with_a_pythonpath_of_its_own(tmp_path: Path, wrapper: Wrapp
     result = subprocess.run([str(path)], env=env, capture_output=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{tmp_path / 'shadow'}\n".encode(), b"")
     assert pod.only_end()[1].attributes["process.exit.code"] == 0
+
+
+def test_a_step_about_to_time_out_saves_its_measurements_first(wrapper: Wrapper, pod: Pod) -> None:
+    """Tekton SIGKILLs the wrapper at the step timeout; what was measured until just before must be in the start
+    record the sidecar builds the span from."""
+    hog = "x = bytearray(64 << 20); import time; time.sleep(30)"
+    proc = subprocess.Popen(
+        wrapper.argv(
+            "--tekton-step", "hog", "--tekton-step-index", "0", "--tekton-step-timeout", "2s",
+            "--sample-interval", "0.2", "--", sys.executable, "-c", hog,
+        ),
+        env={**wrapper.env, **pod.env},
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        record: Span | None = None
+        while time.monotonic() < deadline and record is None:
+            time.sleep(0.1)
+            starts = pod.records(".start")
+            if starts and "tekton.step.measured_until" in starts[0][1].attributes:
+                record = starts[0][1]
+        command = psutil.Process(proc.pid).children()
+        os.kill(proc.pid, signal.SIGKILL)  # what Tekton's entrypoint does at the deadline
+        proc.wait(timeout=10)
+    finally:
+        for orphan in psutil.Process(proc.pid).children() if proc.poll() is None else command:
+            orphan.kill()
+    assert record is not None, "no checkpoint before the deadline"
+    peak = record.attributes["process.memory.peak"]
+    assert isinstance(peak, int) and peak >= 64 << 20
+    saved_at = record.attributes["tekton.step.measured_until"]
+    assert isinstance(saved_at, int) and 1.0e9 <= saved_at - record.start_ns < 2.0e9
+    assert record.end_ns == 0 and pod.records(".end") == []
+
+
+def test_a_step_that_finishes_after_its_checkpoint_has_a_normal_span(wrapper: Wrapper, pod: Pod) -> None:
+    result = wrapper.run(
+        "--tekton-step", "s", "--tekton-step-timeout", "1s", "--", "sh", "-c", "sleep 1.2; exit 2", env=pod.env
+    )
+    assert result.returncode == 2 and result.stderr == b""
+    _, span = pod.only_end()
+    assert span.attributes["process.exit.code"] == 2 and "tekton.step.measured_until" not in span.attributes

@@ -145,6 +145,9 @@ def test_five_step_taskrun_gives_one_span_per_step_under_the_taskrun_span(
         got = {k: v for k, v in span.attributes.items() if k.startswith(("cicd.pipeline.", "tekton."))}
         got.pop(RESULT)
         got.pop("tekton.trace.parent_source", None)  # the wrapper's own diagnostics, not in the contract
+        # The timed-out step's measurements, saved by the wrapper just before Tekton's SIGKILL.
+        measured = got.pop("tekton.step.measured_until", None)
+        assert (measured is not None) == (span.name == "publish")
         assert got == {
             "cicd.pipeline.name": "release",
             "cicd.pipeline.run.id": pipeline.pipeline_run_uid,
@@ -169,6 +172,8 @@ def test_five_step_taskrun_gives_one_span_per_step_under_the_taskrun_span(
         assert span.resource["k8s.node.name"] == "harness-node"
         assert span.start_ns <= span.end_ns
     assert all(a.end_ns <= b.start_ns for a, b in itertools.pairwise(steps))
+    peak = steps[4].attributes["process.memory.peak"]  # measured although Tekton SIGKILLed the wrapper
+    assert isinstance(peak, int) and peak > 0
 
 
 def test_standalone_taskrun_is_one_trace_with_a_derived_taskrun_span(

@@ -634,7 +634,15 @@ def test_harness_manifest_round_trips() -> None:
 
 def _comparable(span: ReceivedSpan) -> tuple[Any, ...]:
     """A span minus what differs between any two runs (times, pids, usage, span ids, the pod's uid)."""
-    volatile = ("process.pid", "process.parent_pid", "process.cpu.", "process.memory.", "process.disk.", "container.")
+    volatile = (
+        "process.pid",
+        "process.parent_pid",
+        "process.cpu.",
+        "process.memory.",
+        "process.disk.",
+        "container.",
+        "tekton.step.measured_until",
+    )
     attributes = {k: v for k, v in span.attributes.items() if not k.startswith(volatile)}
     script = re.fullmatch(
         r".*/(?:tekton/scripts|tekton-internal-scripts)/(script-\d+)-[a-z0-9]{5}", str(attributes["process.command"])

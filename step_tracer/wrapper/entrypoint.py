@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from step_tracer.export.settings import Settings
     from step_tracer.span import Attributes
     from step_tracer.wrapper.outcome import Outcome
+    from step_tracer.wrapper.process import Sampler
     from step_tracer.wrapper.sampler import TreeSampler
 
 #: Where Tekton's init container writes `script:` steps (pkg/pod/script.go).
@@ -242,28 +243,64 @@ def _script_program(path: str) -> str:
     return script.program_name(script.interpreter(head)) if head.startswith(b"#!") else ""
 
 
-def _write_ahead(opts: options.RunOptions, traced: Traced) -> None:
+def _start_record(opts: options.RunOptions, traced: Traced) -> Span:
+    span = traced.span
+    start = Span(
+        span.name,
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        trace_state=span.trace_state,
+        trace_flags=span.trace_flags,
+        start_ns=span.start_ns,
+        attributes=dict(span.attributes),
+    )
+    start.attributes.update(opts_attributes(opts))
+    return start
+
+
+def _write_ahead(traced: Traced, start: Span) -> None:
     """The start record: if the wrapper is SIGKILLed (Tekton's step timeout, a cancel), the sidecar still
     makes a span from it."""
     if traced.spool is None:
         return
     from step_tracer.tekton import spool
 
-    start = Span(
-        traced.span.name,
-        traced.span.trace_id,
-        traced.span.span_id,
-        traced.span.parent_span_id,
-        trace_state=traced.span.trace_state,
-        trace_flags=traced.span.trace_flags,
-        start_ns=traced.span.start_ns,
-        attributes=dict(traced.span.attributes),
-    )
-    start.attributes.update(opts_attributes(opts))
     try:
         spool.write_start(traced.spool, traced.settings.resource, start)
     except OSError as err:
         _warn(f"cannot write the step's start record in {traced.spool} ({err}); the step runs anyway")
+
+
+def _checkpointed(
+    opts: options.RunOptions,
+    traced: Traced,
+    sampler: TreeSampler | None,
+    cgroup_before: cgroup.Snapshot | None,
+    started_monotonic: float,
+) -> Sampler | None:
+    """The wait loop's sampler: the memory sampler, wrapped by a checkpoint before Tekton's step deadline when the
+    step has a timeout and a spool (see `wrapper.checkpoint`)."""
+    if traced.spool is None or not opts.tekton_step_timeout:
+        return sampler
+    from step_tracer.wrapper import checkpoint
+
+    def save() -> None:
+        try:
+            start = _start_record(opts, traced)
+            peak = sampler.peak_rss if sampler is not None else 0
+            if peak:
+                start.attributes["process.memory.peak"] = peak
+            now = cgroup.snapshot()
+            if cgroup_before is not None and now is not None:
+                start.attributes.update(cgroup.usage_attributes(cgroup_before, now))
+            start.attributes["tekton.step.measured_until"] = time.time_ns()
+            _write_ahead(traced, start)
+        except Exception as err:  # a measurement must not end the step
+            _warn(f"cannot save the step's measurements before its deadline ({err!r})")
+
+    at = started_monotonic + checkpoint.due_before(opts.tekton_step_timeout)
+    return checkpoint.Checkpoint(at, save, sampler)
 
 
 def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
@@ -280,9 +317,10 @@ def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
     cgroup_before = cgroup.snapshot()
     span.start_ns = time.time_ns()
     started = time.monotonic_ns()
-    _write_ahead(opts, traced)
+    _write_ahead(traced, _start_record(opts, traced))
+    ticker = _checkpointed(opts, traced, sampler, cgroup_before, started / 1e9)
     try:
-        child = process.run(opts.command, child_env, timeout=timeout, kill_after=grace, sampler=sampler)
+        child = process.run(opts.command, child_env, timeout=timeout, kill_after=grace, sampler=ticker)
     except process.SpawnError as err:
         span.end_ns = span.start_ns + (time.monotonic_ns() - started)
         _warn(str(err))
