@@ -1,7 +1,9 @@
-"""OTLP/HTTP transport on http.client: one POST per attempt, classified the way the OTLP spec asks.
+"""OTLP/HTTP transport: one POST per attempt, classified the way the OTLP spec asks.
 
-http.client and ssl are imported when the first request is made, never by merely importing this module, so a
-step that exports to a file pays nothing for them.
+A small HTTP/1.1 client of its own (`Connection: close`, Content-Length or chunked replies) rather than
+http.client, which imports the email package and ssl: ~60 ms on the dev machine, twice the rest of a traced
+step. Plain http:// endpoints use the `_socket` C module only; ssl (and socket) are imported for https:// alone,
+when the first request is made.
 """
 
 from __future__ import annotations
@@ -48,55 +50,195 @@ class HttpTransport:
         self.context = _tls_context(settings) if self.https else None
 
     def send(self, payload: bytes, timeout: float) -> None:
-        import http.client
-        import ssl
-
         body = payload
         if self.gzip:
             import zlib
 
             body = zlib.compress(payload, 6, 31)
-        connection: http.client.HTTPConnection
-        if self.context is not None:
-            connection = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
+        request = self._request(len(body)) + body
+        if self.context is None:
+            status, headers, reply = self._exchange(_connect(self.host, self.port, timeout), request)
         else:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            connection.request("POST", self.path, body, self.headers)
-            response = connection.getresponse()
-            reply = response.read(_MAX_REPLY)
-        except ssl.SSLEOFError as exc:
-            raise ExportError("the collector closed the connection during the TLS handshake", True) from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise ExportError(
-                f"TLS certificate verification failed: {exc.verify_message or exc.reason}", False
-            ) from exc
-        except ssl.SSLError as exc:
-            raise ExportError(f"TLS handshake failed: {exc.reason or one_line(str(exc))}", False) from exc
-        except TimeoutError as exc:
-            raise ExportError(f"no answer within {timeout:.1f} s", True) from exc
-        except http.client.RemoteDisconnected as exc:
-            raise ExportError("connection closed without an answer", True) from exc
-        except OSError as exc:
-            raise ExportError(_connection_reason(exc), True) from exc
-        except http.client.HTTPException as exc:
-            raise ExportError(f"bad HTTP answer: {type(exc).__name__}", True) from exc
-        finally:
-            connection.close()
-        status = response.status
+            import ssl
+
+            try:
+                status, headers, reply = self._exchange(self._tls(timeout), request)
+            except ssl.SSLEOFError as exc:
+                raise ExportError("the collector closed the connection during the TLS handshake", True) from exc
+            except ssl.SSLCertVerificationError as exc:
+                raise ExportError(
+                    f"TLS certificate verification failed: {exc.verify_message or exc.reason}", False
+                ) from exc
+            except ssl.SSLError as exc:
+                raise ExportError(f"TLS handshake failed: {exc.reason or one_line(str(exc))}", False) from exc
         if 200 <= status < 300:
             rejected = _json_partial_success(reply) if self.json else partial_success(reply)
             if rejected:
                 raise ExportError(rejected, False)
             return
-        detail = _detail(response.getheader("Content-Type") or "", reply)
+        detail = _detail(headers.get("content-type", ""), reply)
         message = f"HTTP {status}" + (f": {detail}" if detail else "")
         if status in RETRYABLE_STATUS:
-            raise ExportError(message, True, _retry_after(response.getheader("Retry-After")))
+            raise ExportError(message, True, _retry_after(headers.get("retry-after")))
         raise ExportError(message, False)
+
+    def _request(self, length: int) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.https else 80
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {host}" + (f":{self.port}" if self.port != default else ""),
+            f"Content-Length: {length}",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in self.headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+
+    def _tls(self, timeout: float) -> _Conn:
+        import socket
+
+        assert self.context is not None
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout)
+        except TimeoutError as exc:
+            raise ExportError(f"no connection within {timeout:.1f} s", True) from exc
+        except OSError as exc:
+            raise ExportError(_connection_reason(exc), True) from exc
+        try:
+            return self.context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
+    def _exchange(self, conn: _Conn, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send the request, read the whole answer; OSError and timeouts become retryable ExportErrors."""
+        try:
+            conn.sendall(request)
+            return _read_response(conn)
+        except TimeoutError as exc:
+            raise ExportError(f"no answer within {conn.gettimeout() or 0:.1f} s", True) from exc
+        except _BadAnswer as exc:
+            raise ExportError(f"bad HTTP answer: {exc}", True) from exc
+        except ConnectionResetError as exc:
+            raise ExportError("connection closed without an answer", True) from exc
+        except OSError as exc:
+            if type(exc).__name__.startswith("SSL"):
+                raise
+            raise ExportError(_connection_reason(exc), True) from exc
+        finally:
+            conn.close()
 
     def close(self) -> None:
         """Nothing to release: each attempt opens and closes its own connection."""
+
+
+class _BadAnswer(Exception):
+    """The reply is not HTTP/1.x as we can read it."""
+
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Conn(Protocol):
+        def sendall(self, data: bytes, /) -> None: ...
+
+        def recv(self, size: int, /) -> bytes: ...
+
+        def gettimeout(self) -> float | None: ...
+
+        def close(self) -> None: ...
+
+
+def _connect(host: str, port: int, timeout: float) -> _Conn:
+    """A connected TCP socket from the C module (the `socket` module would import enum and selectors)."""
+    import _socket
+
+    # A str host goes through the idna codec, which imports re and stringprep (~15 ms): pass ASCII as bytes.
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
+    try:
+        addresses = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)
+    except _socket.gaierror as exc:
+        raise ExportError(f"cannot resolve {host}: {exc.strerror or exc}", True) from exc
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    if isinstance(error, TimeoutError):
+        raise ExportError(f"no connection within {timeout:.1f} s", True) from error
+    raise ExportError(_connection_reason(error) if error else f"cannot resolve {host}", True) from error
+
+
+def _read_response(conn: _Conn) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, at most _MAX_REPLY bytes of body) of an HTTP/1.x response."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(16384)
+        if not chunk:
+            if not buffer:
+                raise ConnectionResetError("connection closed without an answer")
+            raise _BadAnswer("truncated header")
+        buffer += chunk
+        if len(buffer) > _MAX_REPLY:
+            raise _BadAnswer("header too long")
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, status_text = lines[0].partition(" ")
+    code = status_text[:3]
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise _BadAnswer(f"status line {lines[0][:40]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    status = int(code)
+    if status in (204, 304) or 100 <= status < 200:
+        return status, headers, b""
+    if headers.get("transfer-encoding", "").lower().endswith("chunked"):
+        return status, headers, _dechunk(conn, rest)
+    length = headers.get("content-length")
+    want = int(length) if length and length.isdigit() else None
+    body = rest
+    while want is None or len(body) < want:
+        if len(body) >= _MAX_REPLY:
+            break
+        chunk = conn.recv(16384)
+        if not chunk:
+            if want is not None:
+                raise _BadAnswer("truncated body")
+            break
+        body += chunk
+    return status, headers, body[: want if want is not None else _MAX_REPLY][:_MAX_REPLY]
+
+
+def _dechunk(conn: _Conn, data: bytes) -> bytes:
+    body = b""
+    while len(body) < _MAX_REPLY:
+        while b"\r\n" not in data:
+            more = conn.recv(16384)
+            if not more:
+                raise _BadAnswer("truncated chunk")
+            data += more
+        size_line, _, data = data.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
+        except ValueError:
+            raise _BadAnswer("bad chunk size") from None
+        if size == 0:
+            break
+        while len(data) < size + 2:
+            more = conn.recv(16384)
+            if not more:
+                raise _BadAnswer("truncated chunk")
+            data += more
+        body, data = body + data[:size], data[size + 2 :]
+    return body[:_MAX_REPLY]
 
 
 def _host_port(hostport: str, default: int) -> tuple[str, int]:
