@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from step_tracer.inject import DEFAULT_OTLP_SECRET, DEFAULT_SIDECAR_IMAGE, DEFAULT_WRAPPER
+from step_tracer.inject import InjectOptions
+from step_tracer.inject.cli import injection_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,30 +20,7 @@ def bundle() -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--dry-run", is_flag=True, help="Print the diff of every patched object; push nothing.")
-@click.option(
-    "--insecure",
-    "--plain-http",
-    "insecure",
-    is_flag=True,
-    help="Talk plain HTTP to the registries (always the case for localhost and 127.0.0.1).",
-)
-@click.option("--wrapper", default=DEFAULT_WRAPPER, show_default=True, help="Wrapper path inside step containers.")
-@click.option("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE, show_default=True, help="Image of the sidecar.")
-@click.option(
-    "--otlp-secret", default=DEFAULT_OTLP_SECRET, show_default=True, help="Secret with the sidecar's OTEL_* settings."
-)
-@click.option(
-    "--otlp-configmap",
-    default="",
-    metavar="NAME",
-    help="ConfigMap (optional) with non-secret OTEL_* settings for the sidecar; the Secret's keys win.",
-)
-@click.option(
-    "--resolve-entrypoints",
-    is_flag=True,
-    help="Look up the ENTRYPOINT of steps that have neither command nor script in their image's registry "
-    "and wrap them; without it such steps are left alone.",
-)
+@injection_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when it is a terminal].")
 @click.option(
     "--results-dir",
@@ -55,12 +33,8 @@ def patch(
     src: str,
     dst: str,
     dry_run: bool,
+    options: InjectOptions,
     insecure: bool,
-    wrapper: str,
-    sidecar_image: str,
-    otlp_secret: str,
-    otlp_configmap: str,
-    resolve_entrypoints: bool,
     progress: bool | None,
     results_dir: str | None,
     verbose: bool,
@@ -81,22 +55,10 @@ def patch(
     from step_tracer.bundle.progress import Progress
     from step_tracer.bundle.reference import InvalidReference
     from step_tracer.bundle.registry import RegistryError
-    from step_tracer.bundle.resolve import make_resolver
     from step_tracer.bundle.tkn import BundleError
-    from step_tracer.inject import InjectError, InjectOptions
+    from step_tracer.inject import InjectError
 
     err = sys.stderr
-    try:
-        options = InjectOptions(
-            wrapper=wrapper,
-            sidecar_image=sidecar_image,
-            otlp_secret=otlp_secret,
-            otlp_configmap=otlp_configmap,
-            resolve_entrypoints=resolve_entrypoints,
-            resolve=make_resolver(insecure=insecure) if resolve_entrypoints else None,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     show = err.isatty() if progress is None else progress
     bar = Progress(err if show else None)
     try:
