@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from step_tracer import __version__
-from step_tracer.export import Outcome, export
+from step_tracer.export import ExportError, Outcome, export
 from step_tracer.export.settings import Settings
 from step_tracer.otlp import json_codec
 from step_tracer.span import STATUS_ERROR, Batch, Event, Span
@@ -284,6 +284,24 @@ def test_tls_with_ca_http(tls_http_receiver: HttpReceiver, tls_ca: TlsCA) -> Non
     result = run(otlp(tls_http_receiver.traces_url, certificate=str(tls_ca.write_ca_pem())))
     assert result.outcome.ok, result.err
     assert_same(tls_http_receiver.wait_for_spans(1)[0], full_span(), RESOURCE)
+
+
+def test_tls_falls_back_to_a_distribution_ca_bundle(
+    tls_http_receiver: HttpReceiver, tls_ca: TlsCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step image whose CA bundle is not where our OpenSSL was built to look: the usual paths are tried."""
+    from step_tracer.export.http import HttpTransport, _tls_context
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "absent.pem"))  # OpenSSL's default store: not here
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "absent"))
+    bundle = str(tls_ca.write_ca_pem())
+    settings = otlp(tls_http_receiver.traces_url)
+    transport = HttpTransport(settings)
+    transport.context = _tls_context(settings, (str(tmp_path / "missing.crt"), bundle))
+    transport.send(b"", 10)  # an empty ExportTraceServiceRequest
+    with pytest.raises(ExportError, match="certificate verification failed"):
+        transport.context = _tls_context(settings, (str(tmp_path / "missing.crt"),))
+        transport.send(b"", 10)
 
 
 def test_tls_with_ca_grpc(tls_grpc_receiver: GrpcReceiver, tls_ca: TlsCA) -> None:

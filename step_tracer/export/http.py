@@ -266,14 +266,35 @@ def _basic(userinfo: str) -> str:
     return "Basic " + b2a_base64(token, newline=False).decode("ascii")
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    """Trust only `certificate` when set (as the spec and the SDK do), else the system store; add mTLS."""
+#: Where distributions keep their CA bundle (Debian/Ubuntu/Alpine, Fedora/RHEL/UBI, SUSE, others). The
+#: self-contained wrapper's OpenSSL looks where its build machine keeps it, which a step image may not have.
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+)
+
+
+def _tls_context(settings: Settings, bundles: tuple[str, ...] = CA_BUNDLES) -> ssl.SSLContext:
+    """Trust only `certificate` when set (as the spec and the SDK do), else the system store; add mTLS.
+
+    When OpenSSL's own default store does not exist here (SSL_CERT_FILE/SSL_CERT_DIR or the built-in paths),
+    the first CA bundle of `bundles` that does is used instead.
+    """
+    import os
     import ssl
 
+    cafile = settings.certificate or None
+    if cafile is None:
+        paths = ssl.get_default_verify_paths()
+        if not (paths.cafile and os.path.isfile(paths.cafile)) and not (paths.capath and os.path.isdir(paths.capath)):
+            cafile = next((b for b in bundles if os.path.isfile(b)), None)
     try:
-        context = ssl.create_default_context(cafile=settings.certificate or None)
+        context = ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ExportError(f"cannot load CA certificate {settings.certificate}: {_file_reason(exc)}") from exc
+        raise ExportError(f"cannot load CA certificate {cafile}: {_file_reason(exc)}") from exc
     if settings.client_certificate:
         try:
             context.load_cert_chain(settings.client_certificate, settings.client_key or None)
