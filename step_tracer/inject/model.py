@@ -11,16 +11,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-DEFAULT_WRAPPER = "/step-tracer/bin/step-tracer"
+from step_tracer.tekton import paths
+
+DEFAULT_WRAPPER = paths.WRAPPER
 DEFAULT_SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer:0.1.0"
 DEFAULT_OTLP_SECRET = "step-tracer-otlp"
 
 BIN_VOLUME = "step-tracer-bin"
 SPOOL_VOLUME = "step-tracer-spool"
 PODINFO_VOLUME = "step-tracer-podinfo"
-BIN_DIR = "/step-tracer/bin"
-SPOOL_DIR = "/step-tracer/spool"
-PODINFO_DIR = "/step-tracer/podinfo"
+BIN_DIR = paths.BIN_DIR
+SPOOL_DIR = paths.SPOOL_DIR
+PODINFO_DIR = paths.PODINFO_DIR
 SIDECAR_NAME = "step-tracer"
 
 # Tekton's own preamble for scripts without a shebang (pkg/pod/script.go, defaultScriptPreamble).

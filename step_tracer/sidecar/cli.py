@@ -10,6 +10,7 @@ import click
 
 from step_tracer.sidecar import ready as ready_module
 from step_tracer.sidecar.install import DEFAULT_SOURCE
+from step_tracer.tekton import paths
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ from step_tracer.sidecar.install import DEFAULT_SOURCE
     "--spool",
     "spool_dir",
     metavar="DIR",
-    default=lambda: os.environ.get("STEP_TRACER_SPOOL") or ready_module.DEFAULT_SPOOL,
+    default=lambda: paths.spool_dir(os.environ),
     show_default="$STEP_TRACER_SPOOL or /step-tracer/spool",
     help="The spool directory shared with the steps.",
 )

@@ -1,19 +1,18 @@
 """`step-tracer sidecar --ready --spool DIR`: the readiness probe, run by the kubelet every second.
 
-Nothing but `os` here: the probe must not import click or the OpenTelemetry SDK.
+Nothing but `os` (and the path constants) here: the probe must not import click or the OpenTelemetry SDK.
 """
 
 from __future__ import annotations
 
 import os
 
-DEFAULT_SPOOL = "/step-tracer/spool"
-READY_FILE = ".ready"
+from step_tracer.tekton import paths
 
 
 def spool_from_args(argv: list[str]) -> str | None:
     """The --spool value of `argv` (STEP_TRACER_SPOOL or the pod default when absent); None if malformed."""
-    spool = os.environ.get("STEP_TRACER_SPOOL") or DEFAULT_SPOOL
+    spool = paths.spool_dir(os.environ)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -40,4 +39,4 @@ def ready_main(argv: list[str]) -> int:
     if spool is None:
         os.write(2, b"usage: step-tracer sidecar --ready [--spool DIR]\n")
         return 2
-    return 0 if os.path.exists(os.path.join(spool, READY_FILE)) else 1
+    return 0 if os.path.exists(os.path.join(spool, paths.READY_FILE)) else 1

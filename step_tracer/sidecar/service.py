@@ -15,12 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from step_tracer.sidecar import ready as ready_module
 from step_tracer.sidecar import watch
 from step_tracer.sidecar.install import install_wrapper
 from step_tracer.sidecar.recovery import recover, step_index
 from step_tracer.span import Span
-from step_tracer.tekton import podinfo, spool
+from step_tracer.tekton import paths, podinfo, spool
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -98,7 +97,7 @@ def prepare_spool(path: str) -> None:
 
 
 def write_ready(path: str) -> None:
-    target = os.path.join(path, ready_module.READY_FILE)
+    target = os.path.join(path, paths.READY_FILE)
     tmp = f"{target}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
@@ -132,7 +131,7 @@ def main(
         _say(f"cannot prepare the spool {spool_dir}: {err}")
     if install_dir:
         install_wrapper(wrapper_source, install_dir, _say)
-    info_dir = podinfo.directory(env)
+    info_dir = paths.podinfo_dir(env)
     info: podinfo.PodInfo | None = None
     try:
         info = podinfo.read(info_dir)
@@ -147,7 +146,7 @@ def main(
     try:
         write_ready(spool_dir)
     except OSError as err:
-        _say(f"cannot write {spool_dir}/{ready_module.READY_FILE}: {err}")
+        _say(f"cannot write {spool_dir}/{paths.READY_FILE}: {err}")
     waiter.watch(spool_dir, use_inotify=env.get("STEP_TRACER_SIDECAR_INOTIFY", "1") != "0")
     sidecar = _build(spool_dir, info, started_ns, stop, waiter, env, debug_on)
     code = sidecar.serve()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from step_tracer.span import STATUS_ERROR, Span
 from step_tracer.tekton import podinfo
-from step_tracer.tekton.step import STATUS_CONTEXT_FILE
+from step_tracer.tekton.paths import STATUS_CONTEXT_FILE
 
 if TYPE_CHECKING:
     from step_tracer.span import AttributeValue

@@ -12,11 +12,8 @@ from step_tracer import context
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~20 ms here)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from step_tracer.span import Attributes
 
-DEFAULT_DIR = "/step-tracer/podinfo"
 SPAN_CONTEXT_ANNOTATION = "tekton.dev/taskrunSpanContext"
 TASKRUN_UID_LABEL = "tekton.dev/taskRunUID"
 
@@ -80,10 +77,6 @@ class PodInfo:
         if self.uid:
             attrs["k8s.pod.uid"] = self.uid
         return attrs
-
-
-def directory(env: Mapping[str, str]) -> str:
-    return env.get("STEP_TRACER_PODINFO") or DEFAULT_DIR
 
 
 def read(path: str) -> PodInfo | None:

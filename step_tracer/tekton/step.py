@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 
 from step_tracer import context
-from step_tracer.tekton import podinfo
+from step_tracer.tekton import paths, podinfo
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~20 ms here)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from step_tracer.span import Attributes
-
-DEFAULT_SPOOL = "/step-tracer/spool"
-STATUS_CONTEXT_FILE = "taskrun-context.json"
 
 
 class StepPlacement:
@@ -36,10 +33,6 @@ class StepPlacement:
         self.spool: str | None = None
 
 
-def spool_directory(env: Mapping[str, str]) -> str:
-    return env.get("STEP_TRACER_SPOOL") or DEFAULT_SPOOL
-
-
 def place(
     env: Mapping[str, str],
     step_name: str,
@@ -47,10 +40,10 @@ def place(
     warn: Callable[[str], None],
 ) -> StepPlacement:
     placement = StepPlacement()
-    spool = spool_directory(env)
+    spool = paths.spool_dir(env)
     if os.path.isdir(spool):
         placement.spool = spool
-    info_dir = podinfo.directory(env)
+    info_dir = paths.podinfo_dir(env)
     info: podinfo.PodInfo | None = None
     try:
         info = podinfo.read(info_dir)
@@ -76,7 +69,7 @@ def place(
                 placement.parent, placement.source = parent, "annotation"
                 return placement
     if placement.spool is not None:
-        path = os.path.join(placement.spool, STATUS_CONTEXT_FILE)
+        path = os.path.join(placement.spool, paths.STATUS_CONTEXT_FILE)
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
