@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from step_tracer.inject import InjectOptions
-from step_tracer.inject.cli import injection_options
+from step_tracer.inject.clioptions import injection_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def bundle() -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--dry-run", is_flag=True, help="Print the diff of every patched object; push nothing.")
-@injection_options
+@injection_options()
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when it is a terminal].")
 @click.option(
     "--results-dir",

@@ -14,7 +14,8 @@ from types import FrameType
 
 import click
 
-from step_tracer.inject.model import DEFAULT_OTLP_SECRET, DEFAULT_SIDECAR_IMAGE, DEFAULT_WRAPPER, InjectOptions
+from step_tracer.inject.clioptions import injection_options
+from step_tracer.inject.model import InjectOptions
 from step_tracer.webhook.mutate import WebhookOptions
 from step_tracer.webhook.server import WebhookServer
 from step_tracer.webhook.tls import ReloadingContext
@@ -84,14 +85,7 @@ def use_native_sidecar(mode: str, version: tuple[int, int] | None) -> bool:
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="0: any free port.")
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on (`::` for IPv6).")
-@click.option("--wrapper", default=DEFAULT_WRAPPER, show_default=True, help="The wrapper's path in step containers.")
-@click.option("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE, show_default=True, help="Image of the sidecar.")
-@click.option(
-    "--otlp-secret",
-    default=DEFAULT_OTLP_SECRET,
-    show_default=True,
-    help="Secret (in the TaskRun's namespace, optional) with the sidecar's OTEL_* settings.",
-)
+@injection_options(registry=False)
 @click.option(
     "--native-sidecar",
     type=click.Choice(["auto", "always", "never"]),
@@ -110,9 +104,7 @@ def webhook(
     key: str,
     port: int,
     bind: str,
-    wrapper: str,
-    sidecar_image: str,
-    otlp_secret: str,
+    options: InjectOptions,
     native_sidecar: str,
     log_level: str,
 ) -> None:
@@ -123,10 +115,6 @@ def webhook(
     The certificate and key are re-read when the files change.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        inject = InjectOptions(wrapper=wrapper, sidecar_image=sidecar_image, otlp_secret=otlp_secret)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     version = cluster_version() if native_sidecar == "auto" else None
     native = use_native_sidecar(native_sidecar, version)
     try:
@@ -134,7 +122,7 @@ def webhook(
     except (OSError, ssl.SSLError) as err:
         raise click.ClickException(f"cannot load the certificate: {err}") from None
     try:
-        server = WebhookServer((bind, port), tls, WebhookOptions(inject, native))
+        server = WebhookServer((bind, port), tls, WebhookOptions(options, native))
     except OSError as err:
         raise click.ClickException(f"cannot listen on {bind}:{port}: {err}") from None
 
