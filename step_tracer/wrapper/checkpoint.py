@@ -38,15 +38,13 @@ class Checkpoint:
 
     def sample(self, pid: int) -> None:
         now = time.monotonic()
-        inner = self.inner
-        if inner is not None and inner.next_due <= now:
+        due = self.at <= now
+        if self.inner is not None and (due or self.inner.next_due <= now):
             try:
-                inner.sample(pid)
+                self.inner.sample(pid)  # when due, also the freshest memory figure for the record
             except Exception:
-                self.inner = inner = None  # the memory sampler failed; the checkpoint still matters
-        if self.at <= now:
+                self.inner = None  # the memory sampler failed; the checkpoint still matters
+        if due:
             self.at = float("inf")
-            if inner is not None:
-                inner.sample(pid)  # the freshest memory figure for the record
             self.save()
-        self.next_due = min(self.at, inner.next_due) if inner is not None else self.at
+        self.next_due = min(self.at, self.inner.next_due) if self.inner is not None else self.at
