@@ -62,7 +62,7 @@ class HttpTransport:
             import ssl
 
             try:
-                status, headers, reply = self._exchange(self._tls(timeout), request)
+                status, headers, reply = self._exchange(self._tls(timeout), request, ssl.SSLError)
             except ssl.SSLEOFError as exc:
                 raise ExportError("the collector closed the connection during the TLS handshake", True) from exc
             except ssl.SSLCertVerificationError as exc:
@@ -110,8 +110,11 @@ class HttpTransport:
             raw.close()
             raise
 
-    def _exchange(self, conn: _Conn, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Send the request, read the whole answer; OSError and timeouts become retryable ExportErrors."""
+    def _exchange(
+        self, conn: _Conn, request: bytes, tls_error: type[OSError] | tuple[()] = ()
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send the request, read the whole answer; OSError and timeouts become retryable ExportErrors, except
+        `tls_error`, which the caller reports itself."""
         try:
             conn.sendall(request)
             return _read_response(conn)
@@ -121,9 +124,9 @@ class HttpTransport:
             raise ExportError(f"bad HTTP answer: {exc}", True) from exc
         except ConnectionResetError as exc:
             raise ExportError("connection closed without an answer", True) from exc
+        except tls_error:
+            raise
         except OSError as exc:
-            if type(exc).__name__.startswith("SSL"):
-                raise
             raise ExportError(_connection_reason(exc), True) from exc
         finally:
             conn.close()
