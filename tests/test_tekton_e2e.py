@@ -387,16 +387,25 @@ def test_200_taskruns_with_two_collector_restarts_lose_and_duplicate_nothing(
     def one(taskrun: TaskRun) -> TaskRunResult:
         return harness.run(patched, taskrun, timeout=120)
 
+    results: dict[str, TaskRunResult] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(one, run) for run in runs]
+        futures = {pool.submit(one, run): run.name for run in runs}
         for done, future in enumerate(as_completed(futures), 1):
-            assert future.result().succeeded
+            results[futures[future]] = future.result()
+            assert results[futures[future]].succeeded
             if done in outages:
                 collector.stop()
                 down.set()
                 threading.Timer(1.0, collector.start).start()
     assert down.is_set()
-    spans = http_receiver.wait_for_spans(400, timeout=30)
+    try:
+        spans = http_receiver.wait_for_spans(400, timeout=30)
+    except AssertionError as failure:
+        # Say what the sidecars of the TaskRuns without spans said: the receiver alone cannot tell why.
+        traces = {s.trace_id for s in http_receiver.spans}
+        silent = [r.name for r in runs if derived_ids(r.uid)[0] not in traces]
+        logs = {name: [c.stderr.decode(errors="replace") for c in results[name].sidecars] for name in silent}
+        raise AssertionError(f"no spans from {silent}; their sidecars said: {logs}") from failure
     keys = Counter((s.trace_id, s.span_id) for s in spans)
     assert len(spans) == len(keys) == 400, [k for k, n in keys.items() if n > 1][:5]
     per_trace = Counter(s.trace_id for s in spans)
