@@ -277,7 +277,6 @@ def _checkpointed(
     traced: Traced,
     sampler: TreeSampler | None,
     cgroup_before: cgroup.Snapshot | None,
-    started_monotonic: float,
 ) -> Sampler | None:
     """The wait loop's sampler: the memory sampler, wrapped by a checkpoint before Tekton's step deadline when the
     step has a timeout and a spool (see `wrapper.checkpoint`)."""
@@ -299,7 +298,7 @@ def _checkpointed(
         except Exception as err:  # a measurement must not end the step
             _warn(f"cannot save the step's measurements before its deadline ({err!r})")
 
-    at = started_monotonic + checkpoint.due_before(opts.tekton_step_timeout)
+    at = time.monotonic() - checkpoint.process_age() + checkpoint.due_before(opts.tekton_step_timeout)
     return checkpoint.Checkpoint(at, save, sampler)
 
 
@@ -318,7 +317,7 @@ def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
     span.start_ns = time.time_ns()
     started = time.monotonic_ns()
     _write_ahead(traced, _start_record(opts, traced))
-    ticker = _checkpointed(opts, traced, sampler, cgroup_before, started / 1e9)
+    ticker = _checkpointed(opts, traced, sampler, cgroup_before)
     try:
         child = process.run(opts.command, child_env, timeout=timeout, kill_after=grace, sampler=ticker)
     except process.SpawnError as err:
