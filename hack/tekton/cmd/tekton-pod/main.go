@@ -7,7 +7,11 @@
 // the Pod it stores in the fake Kubernetes client is printed as JSON. Nothing here re-implements Tekton.
 //
 //	tekton-pod [-task NAME] [-name TASKRUN] [-namespace NS] [-uid UID] [-annotation K=V]... [-param K=V]...
-//	           [-feature-flag K=V]... FILE...
+//	           [-feature-flag K=V]... [-pod POD.json] FILE...
+//
+// With -pod, the Pod (as created before, with the status a kubelet reported) is seeded too, and the TaskRun is
+// printed after the reconciler has read that status: Tekton's own verdict on the run (step states and their
+// termination reasons, results, the Succeeded condition).
 //
 // When the files hold a TaskRun it is used (its missing namespace and uid filled in); otherwise a TaskRun of the
 // Task named by -task (or of the only Task) is made. A step without a command runs its image's ENTRYPOINT, which
@@ -80,6 +84,7 @@ func (kv keyValues) Set(s string) error {
 
 type options struct {
 	task, name, namespace, uid, serviceAccount string
+	podFile                                    string
 	timeout                                    time.Duration
 	annotations, labels, params, flags         keyValues
 }
@@ -93,6 +98,7 @@ func main() {
 	fs.StringVar(&o.namespace, "namespace", "default", "namespace")
 	fs.StringVar(&o.uid, "uid", "", "TaskRun UID (default: a fixed UID derived from the name)")
 	fs.StringVar(&o.serviceAccount, "service-account", "", "the TaskRun's serviceAccountName")
+	fs.StringVar(&o.podFile, "pod", "", "a Pod with status (JSON): print the TaskRun the reconciler makes of it")
 	fs.DurationVar(&o.timeout, "timeout", 0, "the TaskRun's timeout (default: Tekton's default, 1h)")
 	fs.Var(o.annotations, "annotation", "TaskRun annotation KEY=VALUE (repeatable)")
 	fs.Var(o.labels, "label", "TaskRun label KEY=VALUE (repeatable)")
@@ -107,20 +113,20 @@ func main() {
 	if os.Getenv(system.NamespaceEnvKey) == "" {
 		_ = os.Setenv(system.NamespaceEnvKey, "tekton-pipelines")
 	}
-	pod, err := run(o, fs.Args())
+	out, err := run(o, fs.Args())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tekton-pod:", err)
 		os.Exit(1)
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(pod); err != nil {
+	if err := enc.Encode(out); err != nil {
 		fmt.Fprintln(os.Stderr, "tekton-pod:", err)
 		os.Exit(1)
 	}
 }
 
-func run(o options, files []string) (*corev1.Pod, error) {
+func run(o options, files []string) (any, error) {
 	var d test.Data
 	for _, f := range files {
 		if err := readObjects(f, &d); err != nil {
@@ -138,6 +144,13 @@ func run(o options, files []string) (*corev1.Pod, error) {
 		s.Namespace = tr.Namespace
 	}
 	d.TaskRuns = []*v1.TaskRun{tr}
+	if o.podFile != "" {
+		pod, err := readPod(o.podFile)
+		if err != nil {
+			return nil, err
+		}
+		d.Pods = []*corev1.Pod{pod}
+	}
 	// Every namespace has a "default" ServiceAccount; the pod builder reads the TaskRun's for its secrets.
 	sa := tr.Spec.ServiceAccountName
 	if sa == "" {
@@ -169,6 +182,13 @@ func run(o options, files []string) (*corev1.Pod, error) {
 	}
 	key := tr.Namespace + "/" + tr.Name
 	recErr := impl.Reconciler.Reconcile(ctx, key)
+	if o.podFile != "" {
+		got, err := clients.Pipeline.TektonV1().TaskRuns(tr.Namespace).Get(ctx, tr.Name, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("reading back TaskRun %s: %w (reconcile: %v)", key, err, recErr)
+		}
+		return got, nil
+	}
 	pods, err := clients.Kube.CoreV1().Pods(tr.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
@@ -177,6 +197,18 @@ func run(o options, files []string) (*corev1.Pod, error) {
 		return nil, fmt.Errorf("the reconciler created no Pod for TaskRun %s: %v%s", key, recErr, taskRunFailure(ctx, clients, tr))
 	}
 	return &pods.Items[0], nil
+}
+
+func readPod(path string) (*corev1.Pod, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(data, pod); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pod, nil
 }
 
 // taskRunFailure is the condition the reconciler wrote on the TaskRun, for an error message.
