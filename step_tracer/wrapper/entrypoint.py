@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from step_tracer.export.settings import Settings
     from step_tracer.span import Attributes
+    from step_tracer.tekton import identity
     from step_tracer.wrapper.outcome import Outcome
     from step_tracer.wrapper.process import Sampler
     from step_tracer.wrapper.sampler import TreeSampler
@@ -188,6 +189,23 @@ class Traced:
         self.spool = spool
 
 
+def _step_from_entrypoint(opts: options.RunOptions, real: identity.EntrypointStep | None) -> None:
+    """Take the step's index, name and timeout from Tekton's entrypoint where it says them: a patched StepAction
+    only knows its own name, and any step may be moved by an edit the patch has not seen yet."""
+    if real is None:
+        return
+    from step_tracer.tekton import identity
+
+    if real.container is not None:
+        opts.tekton_step = identity.step_name(real.container, opts.tekton_step)
+    opts.tekton_step_index = real.index
+    if opts.tekton_step_timeout is None and real.timeout:
+        try:
+            opts.tekton_step_timeout = options.parse_duration(real.timeout) or None
+        except ValueError:
+            pass
+
+
 def _prepare(opts: options.RunOptions) -> Traced | None:
     """Settings, the step's span (ids, parent) and the child's environment; None when tracing is off."""
     from step_tracer.export.settings import Settings
@@ -199,8 +217,9 @@ def _prepare(opts: options.RunOptions) -> Traced | None:
     spool: str | None = None
     attributes: Attributes = {}
     if opts.tekton_step or opts.tekton_step_index is not None:
-        from step_tracer.tekton import step
+        from step_tracer.tekton import identity, step
 
+        _step_from_entrypoint(opts, identity.read(os.getppid()))
         if not opts.program and opts.command[0].startswith(TEKTON_SCRIPTS):
             opts.program = _script_program(opts.command[0])
 
