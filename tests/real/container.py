@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -48,12 +49,8 @@ def _check(result: int, what: str) -> None:
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(
-        _libc.mount(
-            source.encode(), target.encode(), fstype.encode() if fstype else None, flags, data.encode() if data else None
-        ),
-        f"mount {source} on {target}",
-    )
+    fs = fstype.encode() if fstype else None
+    _check(_libc.mount(source.encode(), target.encode(), fs, flags, data.encode() if data else None), f"mount {target}")
 
 
 def bind(source: str, target: str, readonly: bool, recursive: bool = False) -> None:
@@ -72,7 +69,7 @@ def make_target(path: str, is_file: bool) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def build_root(spec: dict) -> str:
+def build_root(spec: dict[str, Any]) -> str:
     scratch = spec["scratch"]
     root = os.path.join(scratch, "root")
     for name in ("root", "upper", "work"):
@@ -80,7 +77,10 @@ def build_root(spec: dict) -> str:
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     options = f"lowerdir={spec['rootfs']},upperdir={scratch}/upper,workdir={scratch}/work"
     mount("overlay", root, "overlay", 0, options)
-    inside = lambda path: os.path.join(root, path.lstrip("/"))  # noqa: E731
+
+    def inside(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
     os.makedirs(inside("/proc"), exist_ok=True)
     mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(inside("/dev"), exist_ok=True)
@@ -120,7 +120,7 @@ def execvpe(argv: list[str], env: dict[str, str]) -> None:
     raise denied or FileNotFoundError(2, f"{argv[0]}: executable file not found in $PATH")
 
 
-def child(spec: dict) -> None:
+def child(spec: dict[str, Any]) -> None:
     """PID 1 of the container: build its root, become its user, exec its command. Never returns."""
     try:
         root = build_root(spec)

@@ -22,6 +22,7 @@ kubelet kill them with the grace period).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -202,10 +203,8 @@ class _Container:
 
     def signal(self, sig: int) -> None:
         if self.pid is not None and self.status.exit_code is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def poll(self) -> bool:
         """True once the container has ended (and its status is filled in)."""
@@ -481,7 +480,7 @@ class PodRunner:
                 if c.native_sidecar:
                     native.append(c)
                     continue
-                self._wait(lambda c=c: c.poll(), deadline, f"init container {c.name}")  # type: ignore[misc]
+                self._wait(c.poll, deadline, f"init container {c.name}")
                 if c.status.exit_code != 0:
                     self.phase = "Failed"
                     return self.statuses()
@@ -537,7 +536,8 @@ class PodRunner:
 
     def _sidecars_ready(self) -> bool:
         """pkg/pod SidecarsReady: every non-step container running and ready, or ended."""
-        return all(c.status.exit_code is not None or (c.status.running and c.status.ready) for c in self.containers if c not in self.steps)
+        others = [c for c in self.containers if c not in self.steps]
+        return all(c.status.exit_code is not None or (c.status.running and c.status.ready) for c in others)
 
     def _stop(self, containers: Sequence[_Container], deadline: float) -> None:
         """The kubelet's container stop: SIGTERM to PID 1, SIGKILL when the grace period is over."""
@@ -575,7 +575,7 @@ class PodRunner:
 
     def pod_with_status(self) -> dict[str, Any]:
         """The Pod as the API server would hold it now, for Tekton's reconciler to read."""
-        pod = json.loads(json.dumps(self.pod))
+        pod: dict[str, Any] = json.loads(json.dumps(self.pod))
         pod["status"] = {
             "phase": self.phase,
             "startTime": _rfc3339(self.started_at),

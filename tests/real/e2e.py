@@ -1,0 +1,336 @@
+"""Traced TaskRuns on Tekton's own code, against an unpatched baseline (`hack/e2e-real` and tests/real/).
+
+Each Task runs as a TaskRun three ways, each a Pod made by Tekton's TaskRun reconciler and run by the process
+kubelet (`podrunner.py`) through Tekton's real entrypoint:
+- `unpatched`: the Task as it is;
+- `inject` (code-based): the Task after `step-tracer inject`;
+- `webhook` (zero-code): the unpatched Task's Pod, sent to our admission webhook in an AdmissionReview, its
+  JSONPatch applied as kube-apiserver applies it (hack/tekton's `jsonpatch`).
+Tekton's reconciler then reads each run pod's status back (step exit codes, termination reasons, results).
+A traced path must give every step what the unpatched run gave it (exit code, termination reason, results,
+stdout and stderr, the files it left in the pod's volumes) and exactly one span per executed step, parented on
+the TaskRun's `tekton.dev/taskrunSpanContext`, delivered by the sidecar to a real OTLP receiver.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.otlp_receiver import HttpReceiver, ReceivedSpan
+from tests.real.images import make_images, tekton_bin_dir
+from tests.real.podrunner import Image, PodRunner
+from tests.real.tekton import build_pod, taskrun_status
+
+PATHS = ("inject", "webhook")
+RESULT_ATTR = "cicd.pipeline.task.run.result"
+#: Pod volumes whose files the step-tracer paths must leave as the unpatched run left them.
+COMPARED_VOLUMES = ("tekton-internal-workspace", "tekton-internal-results", "tekton-internal-home")
+OTLP_SECRET = "step-tracer-otlp"
+
+
+@dataclass
+class Run:
+    """One TaskRun's pod, run to its end, and what Tekton made of it."""
+
+    path: str
+    pod: dict[str, Any]
+    runner: PodRunner
+    taskrun: dict[str, Any]
+    traceparent: str
+    files: dict[str, str]
+
+    def steps(self) -> list[dict[str, Any]]:
+        steps: list[dict[str, Any]] = self.taskrun.get("status", {}).get("steps") or []
+        return steps
+
+    def step_state(self, name: str) -> dict[str, Any]:
+        for s in self.steps():
+            if s["name"] == name:
+                return s
+        return {}
+
+    def logs(self, container: str) -> tuple[str, str]:
+        s = self.runner.status(container)
+        return s.stdout, s.stderr
+
+
+@dataclass
+class StepReport:
+    """One JSON line of `hack/e2e-real`: one step of one task on one instrumented path."""
+
+    task: str
+    step: str
+    path: str
+    exit_code: int | None
+    unpatched_exit_code: int | None
+    reason: str | None
+    unpatched_reason: str | None
+    spans: int
+    parent_ok: bool
+    result: str | None
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        d = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        if self.problems:
+            d["problems"] = self.problems
+        return json.dumps(d)
+
+
+def new_span_context() -> tuple[str, str, str]:
+    """(trace id, span id, the annotation value) of a fresh `tekton.dev/taskrunSpanContext`."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, span_id, json.dumps({"traceparent": f"00-{trace_id}-{span_id}-01"})
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """What a volume holds: relative path -> kind and content digest (symlinks by target)."""
+    out: dict[str, str] = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(directory))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return out
+
+
+class Rig:
+    """The local images, a real OTLP receiver the sidecars export to, and a scratch directory."""
+
+    def __init__(self, workdir: Path, images: Mapping[str, Image] | None = None, default: Image | None = None):
+        self.workdir = workdir
+        if images is None or default is None:
+            images, default = make_images(workdir / "images")
+        self.images = dict(images)
+        self.default = default
+        self.receiver = HttpReceiver().start()
+        self._count = 0
+
+    def close(self) -> None:
+        self.receiver.stop()
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def otlp_env(self) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.receiver.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+
+    def _scratch(self, name: str) -> Path:
+        self._count += 1
+        d = self.workdir / f"{self._count:03d}-{name}"
+        d.mkdir(parents=True)
+        return d
+
+    def run(
+        self,
+        files: Sequence[Path],
+        task: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        grace_seconds: float = 5.0,
+        timeout: float = 300.0,
+    ) -> Run:
+        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`)."""
+        scratch = self._scratch(f"{task}-{path}")
+        if path == "inject":
+            files = inject(files, scratch / "patched")
+        trace_id, span_id, context = new_span_context()
+        name = f"{task[:40]}-{path}-{self._count}"
+        annotations = {"tekton.dev/taskrunSpanContext": context}
+        kw: dict[str, Any] = {"task": task, "name": name, "uid": str(uuid.uuid4()), "annotations": annotations}
+        pod = build_pod(files, params=params, **kw)
+        if path == "webhook":
+            pod = admit(pod, scratch)
+        runner = PodRunner(
+            pod,
+            self.images,
+            scratch / "pod",
+            default_image=self.default,
+            secrets={OTLP_SECRET: self.otlp_env},
+            grace_seconds=grace_seconds,
+        )
+        runner.run(timeout)
+        files_seen: dict[str, str] = {}
+        for volume in COMPARED_VOLUMES:
+            d = scratch / "pod" / "volumes" / volume
+            if d.is_dir():
+                files_seen.update({f"{volume}/{k}": v for k, v in snapshot(d).items()})
+        taskrun = taskrun_status(files, runner.pod_with_status(), params=params, **kw)
+        return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", files_seen)
+
+    def spans_of(self, run: Run) -> list[ReceivedSpan]:
+        pod_name = run.pod["metadata"]["name"]
+        return [s for s in self.receiver.spans if s.resource.get("k8s.pod.name") == pod_name]
+
+
+def inject(files: Sequence[Path], out: Path) -> list[Path]:
+    """`step-tracer inject` on copies of `files`, with the sidecar image of the local images."""
+    out.mkdir(parents=True)
+    copies = []
+    for i, f in enumerate(files):
+        copy = out / f"{i}-{f.name}"
+        shutil.copyfile(f, copy)
+        copies.append(copy)
+    launcher = Path(sys.executable).parent / "step-tracer"
+    proc = subprocess.run(
+        [str(launcher), "inject", *map(str, copies)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"step-tracer inject failed ({proc.returncode}): {proc.stderr.strip()}")
+    return copies
+
+
+def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
+    """The Pod as the API server stores it after our mutating webhook: an AdmissionReview v1 for the create,
+    answered by the webhook's own review handler, its JSONPatch applied with the API server's library."""
+    from step_tracer.webhook.mutate import WebhookOptions
+    from step_tracer.webhook.server import Metrics, review
+
+    request = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": pod["metadata"].get("namespace", "default"),
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+    answer = review(json.dumps(request).encode(), WebhookOptions(), Metrics())
+    response = answer["response"]
+    if not response.get("allowed"):
+        raise RuntimeError(f"the webhook refused the pod: {response}")
+    if "patch" not in response:
+        return dict(pod)
+    (scratch / "pod-in.json").write_text(json.dumps(pod))
+    (scratch / "patch.json").write_bytes(base64.b64decode(response["patch"]))
+    proc = subprocess.run(
+        [str(tekton_bin_dir() / "jsonpatch"), str(scratch / "pod-in.json"), str(scratch / "patch.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the API server's JSON patch refused the webhook's patch: {proc.stderr.strip()}")
+    patched: dict[str, Any] = json.loads(proc.stdout)
+    return patched
+
+
+def expected_result(state: Mapping[str, Any]) -> str:
+    """The CICD result a step's span must carry, from Tekton's own step state."""
+    reason = state.get("terminationReason")
+    if reason == "TimeoutExceeded":
+        return "timeout"
+    code = (state.get("terminated") or {}).get("exitCode")
+    return "success" if code == 0 else "failure"
+
+
+def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) -> list[StepReport]:
+    """One report per step of `traced` against the unpatched `base`."""
+    reports = []
+    parent = traced.traceparent.split("-")
+    base_results = base.taskrun.get("status", {}).get("results")
+    traced_results = traced.taskrun.get("status", {}).get("results")
+    for state in traced.steps():
+        name = state["name"]
+        b = base.step_state(name)
+        code = (state.get("terminated") or {}).get("exitCode")
+        b_code = (b.get("terminated") or {}).get("exitCode")
+        reason, b_reason = state.get("terminationReason"), b.get("terminationReason")
+        mine = [s for s in spans if s.attributes.get("tekton.step.name") == name]
+        executed = reason != "Skipped"
+        problems = []
+        if code != b_code:
+            problems.append(f"exit code {code}, unpatched {b_code}")
+        if reason != b_reason:
+            problems.append(f"reason {reason}, unpatched {b_reason}")
+        if traced.logs(state["container"]) != base.logs(b.get("container", state["container"])):
+            problems.append("stdout/stderr differ from the unpatched run")
+        if executed and len(mine) != 1:
+            problems.append(f"{len(mine)} spans for an executed step")
+        if not executed and mine:
+            problems.append(f"{len(mine)} spans for a skipped step")
+        parent_ok = bool(mine) and all(s.trace_id == parent[1] and s.parent_span_id == parent[2] for s in mine)
+        if mine and not parent_ok:
+            problems.append("span not parented on the TaskRun's span context")
+        result = mine[0].attributes.get(RESULT_ATTR) if len(mine) == 1 else None
+        if executed and len(mine) == 1 and result != expected_result(state):
+            problems.append(f"span result {result!r}, Tekton's state says {expected_result(state)}")
+        if len(mine) == 1 and code is not None and executed and mine[0].attributes.get("process.exit.code") != code:
+            problems.append(f"span exit code {mine[0].attributes.get('process.exit.code')!r}, Tekton's {code}")
+        reports.append(
+            StepReport(
+                task, name, traced.path, code, b_code, reason, b_reason, len(mine), parent_ok,
+                str(result) if result is not None else None, problems,
+            )
+        )  # fmt: skip
+    if base_results != traced_results and reports:
+        reports[-1].problems.append(f"task results {traced_results}, unpatched {base_results}")
+    if base.files != traced.files and reports:
+        changed = sorted(set(base.files.items()) ^ set(traced.files.items()))[:5]
+        reports[-1].problems.append(f"files differ from the unpatched run: {changed}")
+    named = {s.attributes.get("tekton.step.name") for s in spans}
+    stray = named - {s["name"] for s in traced.steps()}
+    if stray and reports:
+        reports[-1].problems.append(f"spans of unknown steps {sorted(map(str, stray))}")
+    return reports
+
+
+def task_names(files: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(file, Task name) for every Task in `files`, in order."""
+    import yaml
+
+    out = []
+    for f in files:
+        for doc in yaml.safe_load_all(f.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Task":
+                out.append((f, str(doc["metadata"]["name"])))
+    return out
+
+
+def run_tasks(
+    rig: Rig, files: Sequence[Path], paths: Sequence[str], *, params: Mapping[str, str] | None = None
+) -> list[StepReport]:
+    """Every Task in `files` through the unpatched baseline and each of `paths`. StepActions and other
+    documents in `files` are available to every Task."""
+    reports: list[StepReport] = []
+    for _, task in task_names(files):
+        base = rig.run(files, task, "unpatched", params=params)
+        for path in paths:
+            traced = rig.run(files, task, path, params=params)
+            reports += compare(task, base, traced, rig.spans_of(traced))
+    return reports
