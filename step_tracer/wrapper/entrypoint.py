@@ -357,11 +357,23 @@ def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
         span.events = _events(child)
     except Exception as err:
         _warn(f"internal error while recording the span ({err!r}); the step's result is unchanged")
-        return child.exit_code
-    return _finish(traced, child.exit_code)
+        return _end_as(child.exit_code, _signal_of(child))
+    return _finish(traced, child.exit_code, _signal_of(child))
 
 
-def _finish(traced: Traced, exit_code: int) -> int:
+def _signal_of(child: process.ChildExit) -> int:
+    """The signal the wrapper ends by: the child's own death by a signal, not the one our --timeout sent."""
+    return child.signal if child.signal and not child.timed_out else 0
+
+
+def _end_as(exit_code: int, signo: int) -> int:
+    if signo:
+        sys.stderr.flush()
+        process.end_by_signal(signo)
+    return exit_code
+
+
+def _finish(traced: Traced, exit_code: int, signo: int = 0) -> int:
     span, settings = traced.span, traced.settings
     if traced.spool is not None:
         # Steps never talk to the network in a pod with the sidecar: it ships the spool.
@@ -371,15 +383,15 @@ def _finish(traced: Traced, exit_code: int) -> int:
             spool.write_end(traced.spool, settings.resource, span)
         except Exception as err:
             _warn(f"span not written to the spool {traced.spool} ({err}); the step's result is unchanged")
-        return exit_code
+        return _end_as(exit_code, signo)
     try:
         from step_tracer.export import export
 
         result = export([Batch(settings.resource, [span])], settings, err=sys.stderr)
     except Exception as err:
         _warn(f"internal error while exporting the span ({err!r}); the step's result is unchanged")
-        return exit_code
+        return _end_as(exit_code, signo)
     if result.abandoned:
-        sys.stderr.flush()
+        _end_as(exit_code, signo)
         os._exit(exit_code)
-    return exit_code
+    return _end_as(exit_code, signo)

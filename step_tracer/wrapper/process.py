@@ -126,6 +126,28 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], sigmask: set[int], own_gr
 STARTED_ENVIRON: dict[str, str] | None = None
 
 
+def end_by_signal(signo: int) -> None:
+    """End the wrapper as its child ended, by signal `signo`, so that the parent reads the wait status it would
+    have read without the wrapper: Tekton's entrypoint records a signalled command as exit code -1 (a plain
+    128+N would read as an exit), a shell prints "Segmentation fault" and sets $? to 128+N. No core file (the
+    child dumped its own). Returns only when the signal cannot end this process."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        _signal.signal(signo, _signal.SIG_DFL)
+    except (OSError, ValueError, RuntimeError):
+        pass  # SIGKILL, SIGSTOP: their action is the default anyway
+    try:
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [signo])
+        os.kill(os.getpid(), signo)
+    except (OSError, ValueError):
+        pass
+
+
 def original_environ() -> dict[str, str]:
     """The environment this process was started with, which the command must get unchanged.
 
