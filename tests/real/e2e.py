@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -35,9 +36,12 @@ from tests.real.tekton import build_pod, taskrun_status
 
 PATHS = ("inject", "webhook")
 RESULT_ATTR = "cicd.pipeline.task.run.result"
-#: Pod volumes whose files the step-tracer paths must leave as the unpatched run left them.
-COMPARED_VOLUMES = ("tekton-internal-workspace", "tekton-internal-results", "tekton-internal-home")
+#: Pod volumes not compared with the unpatched run: ours, Tekton's binaries, and the scripts (named at random,
+#: and the inject path's carry the wrapper's `#!` line by design).
+UNCOMPARED_VOLUMES = ("step-tracer-", "tekton-internal-bin", "tekton-internal-scripts")
 OTLP_SECRET = "step-tracer-otlp"
+#: Go's log package: "2026/12/07 14:14:14 " before each line.
+GO_LOG_TIME = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 
 
 @dataclass
@@ -152,6 +156,8 @@ class Rig:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
+        workspaces: Mapping[str, str] | None = None,
+        claims: Mapping[str, Path] | None = None,
         grace_seconds: float = 5.0,
         timeout: float = 300.0,
     ) -> Run:
@@ -162,8 +168,15 @@ class Rig:
         trace_id, span_id, context = new_span_context()
         name = f"{task[:40]}-{path}-{self._count}"
         annotations = {"tekton.dev/taskrunSpanContext": context}
-        kw: dict[str, Any] = {"task": task, "name": name, "uid": str(uuid.uuid4()), "annotations": annotations}
-        pod = build_pod(files, params=params, **kw)
+        kw: dict[str, Any] = {
+            "task": task,
+            "name": name,
+            "uid": str(uuid.uuid4()),
+            "annotations": annotations,
+            "params": params,
+            "workspaces": workspaces,
+        }
+        pod = build_pod(files, **kw)
         if path == "webhook":
             pod = admit(pod, scratch)
         runner = PodRunner(
@@ -173,19 +186,27 @@ class Rig:
             default_image=self.default,
             secrets={OTLP_SECRET: self.otlp_env},
             grace_seconds=grace_seconds,
+            claims=claims,
         )
         runner.run(timeout)
         files_seen: dict[str, str] = {}
-        for volume in COMPARED_VOLUMES:
-            d = scratch / "pod" / "volumes" / volume
-            if d.is_dir():
-                files_seen.update({f"{volume}/{k}": v for k, v in snapshot(d).items()})
-        taskrun = taskrun_status(files, runner.pod_with_status(), params=params, **kw)
+        for volume in runner.pod["spec"].get("volumes") or []:
+            name = volume["name"]
+            if ("emptyDir" in volume or "persistentVolumeClaim" in volume) and not name.startswith(UNCOMPARED_VOLUMES):
+                # workspace volumes are named ws-<random>: compare them by their claim or position instead
+                key = volume.get("persistentVolumeClaim", {}).get("claimName") or _stable(name)
+                files_seen.update({f"{key}/{k}": v for k, v in snapshot(scratch / "pod" / "volumes" / name).items()})
+        taskrun = taskrun_status(files, runner.pod_with_status(), **kw)
         return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", files_seen)
 
     def spans_of(self, run: Run) -> list[ReceivedSpan]:
         pod_name = run.pod["metadata"]["name"]
         return [s for s in self.receiver.spans if s.resource.get("k8s.pod.name") == pod_name]
+
+
+def _stable(volume: str) -> str:
+    """A volume's name without the random suffix Tekton gives workspace volumes (ws-xxxxx)."""
+    return "ws" if volume.startswith("ws-") else volume
 
 
 def inject(files: Sequence[Path], out: Path) -> list[Path]:
@@ -250,6 +271,11 @@ def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
     return patched
 
 
+def _logs(run: Run, container: str) -> tuple[str, str]:
+    """A container's stdout and stderr without the times Tekton's entrypoint puts on its own log lines."""
+    return run.logs(container)[0], GO_LOG_TIME.sub("", run.logs(container)[1])
+
+
 def expected_result(state: Mapping[str, Any]) -> str:
     """The CICD result a step's span must carry, from Tekton's own step state."""
     reason = state.get("terminationReason")
@@ -278,7 +304,8 @@ def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) ->
             problems.append(f"exit code {code}, unpatched {b_code}")
         if reason != b_reason:
             problems.append(f"reason {reason}, unpatched {b_reason}")
-        if traced.logs(state["container"]) != base.logs(b.get("container", state["container"])):
+        container = state.get("container") or f"step-{name}"
+        if _logs(traced, container) != _logs(base, b.get("container") or container):
             problems.append("stdout/stderr differ from the unpatched run")
         if executed and len(mine) != 1:
             problems.append(f"{len(mine)} spans for an executed step")
@@ -290,8 +317,12 @@ def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) ->
         result = mine[0].attributes.get(RESULT_ATTR) if len(mine) == 1 else None
         if executed and len(mine) == 1 and result != expected_result(state):
             problems.append(f"span result {result!r}, Tekton's state says {expected_result(state)}")
-        if len(mine) == 1 and code is not None and executed and mine[0].attributes.get("process.exit.code") != code:
-            problems.append(f"span exit code {mine[0].attributes.get('process.exit.code')!r}, Tekton's {code}")
+        # Tekton reads a signalled command as -1; the span says 128+N. A step Tekton killed for its timeout has
+        # no exit code of its own (the code is the entrypoint's).
+        span_code = mine[0].attributes.get("process.exit.code") if len(mine) == 1 else None
+        expected_code = code if code != -1 else span_code
+        if span_code != expected_code and executed and reason != "TimeoutExceeded" and len(mine) == 1:
+            problems.append(f"span exit code {span_code!r}, Tekton's {code}")
         reports.append(
             StepReport(
                 task, name, traced.path, code, b_code, reason, b_reason, len(mine), parent_ok,
@@ -322,15 +353,16 @@ def task_names(files: Iterable[Path]) -> list[tuple[Path, str]]:
     return out
 
 
-def run_tasks(
-    rig: Rig, files: Sequence[Path], paths: Sequence[str], *, params: Mapping[str, str] | None = None
-) -> list[StepReport]:
-    """Every Task in `files` through the unpatched baseline and each of `paths`. StepActions and other
-    documents in `files` are available to every Task."""
+def run_task(rig: Rig, files: Sequence[Path], task: str, paths: Sequence[str], **kw: Any) -> list[StepReport]:
+    """`task` through the unpatched baseline and each of `paths` (keywords as for `Rig.run`)."""
+    base = rig.run(files, task, "unpatched", **kw)
     reports: list[StepReport] = []
-    for _, task in task_names(files):
-        base = rig.run(files, task, "unpatched", params=params)
-        for path in paths:
-            traced = rig.run(files, task, path, params=params)
-            reports += compare(task, base, traced, rig.spans_of(traced))
+    for path in paths:
+        traced = rig.run(files, task, path, **kw)
+        reports += compare(task, base, traced, rig.spans_of(traced))
     return reports
+
+
+def run_tasks(rig: Rig, files: Sequence[Path], paths: Sequence[str], **kw: Any) -> list[StepReport]:
+    """Every Task in `files` (StepActions and other documents there are available to each)."""
+    return [r for _, task in task_names(files) for r in run_task(rig, files, task, paths, **kw)]

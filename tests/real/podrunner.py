@@ -3,13 +3,15 @@
 What it does as a kubelet does, because Tekton's entrypoint and step-tracer depend on it:
 - init containers in order, each to completion; then all containers at once. Init containers with
   `restartPolicy: Always` are native sidecars: started in order, left running, stopped after the containers;
-- volumes: emptyDir (a directory, 0777), downwardAPI (the kubelet's atomic writer layout and `key="value"`
-  format), secret / configMap / projected from maps the test gives; each bind-mounted at its `mountPath` inside
-  the container's own mount namespace (`container.py`), read-only where asked, `subPath` honoured;
+- volumes: emptyDir (a directory, 0777), persistentVolumeClaim (a directory, seeded from a test's),
+  downwardAPI (the kubelet's atomic writer layout and `key="value"` format), secret / configMap / projected
+  from maps the test gives; each bind-mounted at its `mountPath` inside the container's own mount namespace
+  (`container.py`), read-only where asked, `subPath` honoured;
 - env: `value`, `fieldRef`, `secretKeyRef`/`configMapKeyRef`, `envFrom`, `$(VAR)` expansion in env, command and
   args; the image's Env, Entrypoint, Cmd and WorkingDir; `runAsUser`/`runAsGroup` (container over pod over image);
-- readiness: exec probes run inside the container (nsenter), with periodSeconds, initialDelaySeconds and
-  failureThreshold; a container without a probe is ready once it runs;
+- probes: exec probes run inside the container (nsenter); a startup probe holds back the next init container
+  after a native sidecar until it passes; readiness with periodSeconds, initialDelaySeconds and
+  failureThreshold; a container without a readiness probe is ready once it runs;
 - termination: the exit code (128+N for a signal), reason `Completed`/`Error`/`StartError`, the message from the
   file bound at `terminationMessagePath` (4096 bytes at most; `FallbackToLogsOnError` uses the log's tail);
 - at the end of a pod, and on `delete()`: SIGTERM to each running container's PID 1, SIGKILL after
@@ -234,31 +236,47 @@ class _Container:
             message = "\n".join(log)[-2048:]
         s.message = message
 
-    def maybe_probe(self) -> None:
-        """Run the readiness probe when it is due (exec probes only, as the pods here use)."""
-        if self.probe is None or not self.status.running or time.monotonic() < self.next_probe:
-            return
-        period = float(self.probe.get("periodSeconds", 10))
-        self.next_probe = time.monotonic() + period
-        command = (self.probe.get("exec") or {}).get("command")
+    def _exec_probe(self, probe: Mapping[str, Any]) -> bool:
+        """One run of an exec probe inside the container (the pods here use exec probes only)."""
+        command = (probe.get("exec") or {}).get("command")
         if not command or self.pid is None:
-            raise PodError(f"container {self.name}: only exec readiness probes are supported")
+            raise PodError(f"container {self.name}: only exec probes are supported")
         enter = ["nsenter", "-t", str(self.pid), "-m", "-p", "-r", "-w", "-S", str(self.uid), "-G", str(self.gid)]
         try:
-            ok = (
+            return (
                 subprocess.run(
                     [*enter, "--", *command],
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
-                    timeout=float(self.probe.get("timeoutSeconds", 1)),
+                    timeout=float(probe.get("timeoutSeconds", 1)),
                     check=False,
                 ).returncode
                 == 0
             )
         except subprocess.TimeoutExpired:
-            ok = False
-        if ok:
+            return False
+
+    def wait_started(self, deadline: float) -> None:
+        """The kubelet's `started`: a container with a startup probe has started once the probe passes (it then
+        starts the next init container after a native sidecar, and begins readiness probes)."""
+        probe = self.spec.get("startupProbe")
+        if probe is None:
+            return
+        time.sleep(float(probe.get("initialDelaySeconds", 0)))
+        failures = 0
+        while not self._exec_probe(probe):
+            failures += 1
+            if self.poll() or failures >= int(probe.get("failureThreshold", 3)) or time.monotonic() > deadline:
+                raise PodError(f"container {self.name}: startup probe failed {failures} times")
+            time.sleep(float(probe.get("periodSeconds", 10)))
+
+    def maybe_probe(self) -> None:
+        """Run the readiness probe when it is due."""
+        if self.probe is None or not self.status.running or time.monotonic() < self.next_probe:
+            return
+        self.next_probe = time.monotonic() + float(self.probe.get("periodSeconds", 10))
+        if self._exec_probe(self.probe):
             self.probe_failures = 0
             self.status.ready = True
         else:
@@ -282,8 +300,10 @@ class PodRunner:
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
         grace_seconds: float | None = None,
         nop_image: str = "tekton/nop",
+        claims: Mapping[str, Path] | None = None,
     ) -> None:
         self.nop_image = nop_image
+        self.claims = claims or {}
         self.pod: dict[str, Any] = json.loads(json.dumps(pod))
         self.pod.setdefault("spec", {})["nodeName"] = node_name
         self.pod["metadata"].setdefault("annotations", {})
@@ -417,7 +437,13 @@ class PodRunner:
         for v in self.pod["spec"].get("volumes") or []:
             path = self.workdir / "volumes" / v["name"]
             path.mkdir(parents=True)
-            if "emptyDir" in v or "persistentVolumeClaim" in v:
+            if "emptyDir" in v:
+                path.chmod(0o777)
+            elif "persistentVolumeClaim" in v:
+                # A claim the test bound to a directory starts with that directory's files, as a PVC keeps them.
+                seed = self.claims.get(v["persistentVolumeClaim"]["claimName"])
+                if seed is not None:
+                    shutil.copytree(seed, path, symlinks=True, dirs_exist_ok=True)
                 path.chmod(0o777)
             elif "downwardAPI" in v or "secret" in v or "configMap" in v or "projected" in v:
                 write_volume(path, self._volume_files(v), 0o644)
@@ -479,6 +505,7 @@ class PodRunner:
                 c.start()
                 if c.native_sidecar:
                     native.append(c)
+                    c.wait_started(deadline)
                     continue
                 self._wait(c.poll, deadline, f"init container {c.name}")
                 if c.status.exit_code != 0:
@@ -488,6 +515,8 @@ class PodRunner:
             if not self._deleted.is_set():
                 for c in self.containers:
                     c.start()
+                for c in self.containers:
+                    c.wait_started(deadline)
                 self._run_containers(deadline)
         finally:
             self._stop([c for c in self.containers if not c.poll()], deadline)

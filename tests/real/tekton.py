@@ -20,8 +20,11 @@ def _args(
     uid: str | None,
     annotations: Mapping[str, str],
     params: Mapping[str, str],
+    workspaces: Mapping[str, str],
 ) -> list[str]:
     args = ["-namespace", namespace]
+    for key, value in workspaces.items():
+        args += ["-workspace", f"{key}={value}"]
     if task:
         args += ["-task", task]
     if name:
@@ -58,9 +61,11 @@ def build_pod(
     uid: str | None = None,
     annotations: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
+    workspaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Pod Tekton's TaskRun reconciler creates for a TaskRun of `task` (a Task in `files`)."""
-    return _run([*_args(task, name, namespace, uid, annotations or {}, params or {}), *map(str, files)])
+    args = _args(task, name, namespace, uid, annotations or {}, params or {}, workspaces or {})
+    return _run([*args, *map(str, files)])
 
 
 def taskrun_status(
@@ -73,10 +78,11 @@ def taskrun_status(
     uid: str | None = None,
     annotations: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
+    workspaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The TaskRun (with status) Tekton's reconciler makes of `pod`, a Pod that ran, with its status."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(pod, f)
         f.flush()
-        args = [*_args(task, name, namespace, uid, annotations or {}, params or {}), "-pod", f.name]
+        args = [*_args(task, name, namespace, uid, annotations or {}, params or {}, workspaces or {}), "-pod", f.name]
         return _run([*args, *map(str, files)])

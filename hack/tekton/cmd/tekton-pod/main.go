@@ -87,10 +87,13 @@ type options struct {
 	podFile                                    string
 	timeout                                    time.Duration
 	annotations, labels, params, flags         keyValues
+	workspaces                                 keyValues
 }
 
 func main() {
-	o := options{annotations: keyValues{}, labels: keyValues{}, params: keyValues{}, flags: keyValues{}}
+	o := options{
+		annotations: keyValues{}, labels: keyValues{}, params: keyValues{}, flags: keyValues{}, workspaces: keyValues{},
+	}
 	// A flag set of our own: packages Tekton imports register flags (-namespace, ...) on the global one.
 	fs := flag.NewFlagSet("tekton-pod", flag.ExitOnError)
 	fs.StringVar(&o.task, "task", "", "the Task to run when the files hold several and no TaskRun")
@@ -103,6 +106,7 @@ func main() {
 	fs.Var(o.annotations, "annotation", "TaskRun annotation KEY=VALUE (repeatable)")
 	fs.Var(o.labels, "label", "TaskRun label KEY=VALUE (repeatable)")
 	fs.Var(o.params, "param", "TaskRun string param NAME=VALUE (repeatable)")
+	fs.Var(o.workspaces, "workspace", "workspace binding NAME=emptyDir|pvc:CLAIM|configmap:NAME|secret:NAME (repeatable)")
 	fs.Var(o.flags, "feature-flag", "feature-flags ConfigMap entry KEY=VALUE (repeatable)")
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() == 0 {
@@ -150,6 +154,9 @@ func run(o options, files []string) (any, error) {
 			return nil, err
 		}
 		d.Pods = []*corev1.Pod{pod}
+		// What the first reconcile recorded when it created the pod; without it the reconciler looks the pod up
+		// by label and passes over a failed one, as it would before a retry.
+		tr.Status.PodName = pod.Name
 	}
 	// Every namespace has a "default" ServiceAccount; the pod builder reads the TaskRun's for its secrets.
 	sa := tr.Spec.ServiceAccountName
@@ -296,7 +303,32 @@ func taskRunFor(o options, d *test.Data) (*v1.TaskRun, error) {
 	for k, v := range o.params {
 		tr.Spec.Params = append(tr.Spec.Params, v1.Param{Name: k, Value: *v1.NewStructuredValues(v)})
 	}
+	for name, source := range o.workspaces {
+		binding, err := workspaceBinding(name, source)
+		if err != nil {
+			return nil, err
+		}
+		tr.Spec.Workspaces = append(tr.Spec.Workspaces, binding)
+	}
 	return tr, nil
+}
+
+func workspaceBinding(name, source string) (v1.WorkspaceBinding, error) {
+	b := v1.WorkspaceBinding{Name: name}
+	kind, ref, _ := strings.Cut(source, ":")
+	switch kind {
+	case "emptyDir":
+		b.EmptyDir = &corev1.EmptyDirVolumeSource{}
+	case "pvc":
+		b.PersistentVolumeClaim = &corev1.PersistentVolumeClaimVolumeSource{ClaimName: ref}
+	case "configmap":
+		b.ConfigMap = &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: ref}}
+	case "secret":
+		b.Secret = &corev1.SecretVolumeSource{SecretName: ref}
+	default:
+		return b, fmt.Errorf("workspace %s: want emptyDir, pvc:CLAIM, configmap:NAME or secret:NAME, got %q", name, source)
+	}
+	return b, nil
 }
 
 func pickTask(name string, tasks []*v1.Task) (*v1.Task, error) {
