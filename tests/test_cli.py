@@ -33,6 +33,16 @@ def test_run_help_lists_every_fast_path_option(wrapper: Wrapper) -> None:
         assert flag in text
 
 
+def test_run_help_says_what_the_readme_says(wrapper: Wrapper) -> None:
+    text = " ".join(_run(wrapper, "run", "--help").stdout.split())
+    assert text.startswith("Usage: step-tracer run [OPTIONS] -- CMD [ARGS]...")
+    for shown in ("--attr KEY=VALUE", "--timeout DURATION", "--tekton-step-index N", "--tekton-step-timeout DURATION"):
+        assert shown in text
+    assert "VALUE " not in text.replace("KEY=VALUE", "")  # every placeholder says what it takes
+    assert "Recorded, not enforced" in text  # README: Tekton's entrypoint enforces the step timeout
+    assert "0 means no timeout" in text
+
+
 def test_click_run_rebuilds_the_same_invocation(wrapper: Wrapper) -> None:
     """`run` through click (e.g. `cli.main` from Python) must behave like the fast path."""
     proc = subprocess.run(

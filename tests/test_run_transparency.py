@@ -285,6 +285,25 @@ def test_timeout_kills_a_child_that_ignores_sigterm(wrapper: Wrapper) -> None:
     assert span.status_message.endswith("killed")
 
 
+def test_timeout_zero_is_no_timeout(wrapper: Wrapper) -> None:
+    """As GNU timeout and Tekton read it. A 0 s deadline would have stopped the command at once."""
+    proc = wrapper.run("--timeout", "0", "--", "sh", "-c", "sleep 0.3; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    assert wrapper.only_span().attributes["cicd.pipeline.task.run.result"] == "failure"
+
+
+def test_kill_after_zero_sends_no_sigkill(wrapper: Wrapper) -> None:
+    """GNU timeout's `-k 0`: SIGTERM only. The command ignores SIGTERM from its start (the disposition the wrapper was
+    started with passes on), so nothing races the wrapper's timer."""
+    argv = wrapper.argv("--timeout", "0.1s", "--kill-after", "0", "--", "sh", "-c", "sleep 0.5; exit 4")
+    proc = subprocess.run(
+        ["sh", "-c", "trap '' TERM; exec \"$@\"", "sh", *argv], env=wrapper.env, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 4, proc.stderr
+    span = wrapper.only_span()
+    assert span.attributes["cicd.pipeline.task.run.result"] == "timeout"
+
+
 def test_tekton_step_timeout_is_recorded_not_enforced(wrapper: Wrapper) -> None:
     """Tekton enforces the step timeout itself (SIGKILL, TimeoutExceeded, later steps skipped): acting earlier would
     change the TaskRun's outcome, so the command runs on past it and its own exit code stands."""
@@ -313,6 +332,16 @@ def test_bad_wrapper_option_still_runs_the_command(wrapper: Wrapper) -> None:
     assert proc.stdout == b"ran\n"
     assert proc.stderr.decode().count("\n") == 1
     assert "running the command untraced" in proc.stderr.decode()
+
+
+def test_option_missing_its_value_runs_the_command_and_records_no_span_named_dashdash(wrapper: Wrapper) -> None:
+    proc = wrapper.run("--name", "--", "sh", "-c", "echo ran; exit 4")
+    assert proc.returncode == 4
+    assert proc.stdout == b"ran\n"
+    assert proc.stderr.decode().splitlines() == [
+        "step-tracer: --name needs a value: --name NAME; running the command untraced"
+    ]
+    assert wrapper.spans() == []
 
 
 def test_sdk_disabled_runs_command_without_a_span(wrapper: Wrapper) -> None:

@@ -23,10 +23,42 @@ def test_durations(text: str, seconds: float) -> None:
     assert options.parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "10x", "1h30", "m"])
+@pytest.mark.parametrize("text", ["", "soon", "10x", "1h30", "m", "-1", "-1h", "nan", "inf", "1..5s", "1e999"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration") as err:
         options.parse_duration(text)
+    assert "float" not in str(err.value)  # our words, not Python's
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--kill-after", "--tekton-step-timeout"])
+def test_zero_duration_means_none(flag: str) -> None:
+    """GNU timeout and Tekton read a 0 timeout as no timeout (and GNU's `-k 0` as no SIGKILL)."""
+    opts = options.parse([flag, "0", "--", "true"])
+    assert getattr(opts, flag[2:].replace("-", "_")) is None
+    assert options.parse(["--sample-interval", "0s", "--", "true"]).sample_interval == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "--", "cmd", "a"], "--name needs a value: --name NAME"),
+        (["--name", "--timeout=5s", "--", "cmd", "a"], "--name needs a value: --name NAME"),
+        (["--timeout", "-5s", "--", "cmd", "a"], "--timeout: invalid duration '-5s': must be 0 or more"),
+        (["--kill-after=1..5s", "--", "cmd", "a"], "--kill-after: invalid duration '1..5s'"),
+        (["--tekton-step-index", "abc", "--", "cmd", "a"], "--tekton-step-index takes a step index N"),
+        (["--tekton-step-index=-1", "--", "cmd", "a"], "--tekton-step-index takes a step index N"),
+    ],
+)
+def test_option_errors_name_the_option_and_keep_the_command(argv: list[str], message: str) -> None:
+    with pytest.raises(options.UsageError) as err:
+        options.parse(argv)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "invalid literal" not in str(err.value)
+    assert err.value.command == ["cmd", "a"]
+
+
+def test_a_value_that_starts_with_a_dash_is_given_inline() -> None:
+    assert options.parse(["--name=--", "--attr=k=--x", "--", "cmd"]).name == "--"
 
 
 def test_options_stop_at_double_dash_or_first_operand() -> None:

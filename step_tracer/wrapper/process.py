@@ -162,10 +162,11 @@ def run(
     env: Mapping[str, str],
     *,
     timeout: float | None = None,
-    kill_after: float = 2.0,
+    kill_after: float | None = 2.0,
     sampler: Sampler | None = None,
 ) -> ChildExit:
-    """Start `argv`, pass signals on, enforce `timeout`, and return once the child has been reaped."""
+    """Start `argv`, pass signals on, enforce `timeout` (SIGTERM, then SIGKILL `kill_after` later unless that is
+    None), and return once the child has been reaped."""
     waited = {_signal.SIGCHLD, *FORWARDED}
     original_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
     tty = _foreground_tty()
@@ -191,7 +192,7 @@ def _signal_child(pid: int, signo: int, own_group: bool) -> None:
 
 
 def _supervise(
-    pid: int, own_group: bool, timeout: float | None, kill_after: float, sampler: Sampler | None
+    pid: int, own_group: bool, timeout: float | None, kill_after: float | None, sampler: Sampler | None
 ) -> ChildExit:
     waited = {_signal.SIGCHLD, *FORWARDED}
     start = time.monotonic()
@@ -210,7 +211,8 @@ def _supervise(
         now = time.monotonic()
         if term_at is not None and now >= term_at:
             _signal_child(pid, _signal.SIGTERM, True)
-            timed_out, term_at, kill_at = True, None, now + kill_after
+            timed_out, term_at = True, None
+            kill_at = None if kill_after is None else now + kill_after  # None: SIGTERM only (GNU timeout -k 0)
         if kill_at is not None and now >= kill_at:
             _signal_child(pid, _signal.SIGKILL, True)
             killed, kill_at = True, None
