@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from step_tracer import __version__
 from step_tracer.cli import cli
@@ -46,7 +47,7 @@ def test_run_help_says_what_the_readme_says(wrapper: Wrapper) -> None:
 def test_click_run_rebuilds_the_same_invocation(wrapper: Wrapper) -> None:
     """`run` through click (e.g. `cli.main` from Python) must behave like the fast path."""
     proc = subprocess.run(
-        [wrapper.executable.replace("step-tracer", "python"), "-c",
+        [str(Path(wrapper.executable).with_name("python")), "-c",
          "import sys; from step_tracer.cli import cli; "
          "cli.main(['run', '--name', 'viaclick', '--attr', 'a=1', '--', 'sh', '-c', 'exit 4'])"],
         capture_output=True, env=wrapper.env, timeout=60,
