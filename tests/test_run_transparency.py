@@ -144,6 +144,21 @@ def test_python_ignored_signals_are_reset_for_the_child(wrapper: Wrapper) -> Non
     assert not ignored & (1 << (signal.SIGPIPE - 1))
 
 
+def _read_until(fd: int, marker: bytes, deadline: float) -> bytes:
+    """What the terminal's other end printed, up to and including `marker` (or all of it once the end is gone)."""
+    output = b""
+    while marker not in output and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the terminal's other end is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    return output
+
+
 def test_terminal_stays_a_terminal_and_ctrl_c_arrives_once(wrapper: Wrapper, tmp_path: Path) -> None:
     counts = tmp_path / "counts"
     code = f"""
@@ -152,6 +167,7 @@ n = 0
 def on_int(*_):
     global n
     n += 1
+    os.write(1, b"INT\\n")
 signal.signal(signal.SIGINT, on_int)
 print("TTY", os.isatty(0), os.isatty(1), os.isatty(2), flush=True)
 line = sys.stdin.readline()
@@ -160,24 +176,12 @@ open({str(counts)!r}, "w").write(f"{{line.strip()}} {{n}}")
     pid, fd = pty.fork()
     if pid == 0:
         os.execve(wrapper.executable, wrapper.argv("--", PY, "-c", code), wrapper.env)
-    output = b""
     deadline = time.monotonic() + 20
-    while b"TTY" not in output and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.5)[0]:
-            try:
-                output += os.read(fd, 1024)
-            except OSError:  # EIO: the terminal's other end is gone
-                break
-    assert b"TTY True True True" in output
+    assert b"TTY True True True\r\n" in _read_until(fd, b"\n", deadline)
     os.write(fd, b"\x03")  # Ctrl-C from the terminal: the foreground group, once
-    time.sleep(0.3)
+    assert b"INT" in _read_until(fd, b"INT", deadline)  # handled: typing on cannot be flushed with the ^C
     os.write(fd, b"hello\n")
-    while time.monotonic() < deadline:
-        try:
-            if select.select([fd], [], [], 0.5)[0] and not os.read(fd, 1024):
-                break
-        except OSError:
-            break
+    _read_until(fd, b"\0", deadline)  # to the end
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert counts.read_text() == "hello 1"
@@ -342,6 +346,15 @@ def test_option_missing_its_value_runs_the_command_and_records_no_span_named_das
         "step-tracer: --name needs a value: --name NAME; running the command untraced"
     ]
     assert wrapper.spans() == []
+
+
+def test_otel_setting_warnings_carry_the_prefix_once(wrapper: Wrapper) -> None:
+    env = {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon", "OTEL_TRACES_EXPORTER": "bogus,file", "OTEL_RESOURCE_ATTRIBUTES": "x"}
+    proc = wrapper.run("--", "true", env=env)
+    assert proc.returncode == 0
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("step-tracer: ") and line.count("step-tracer:") == 1 for line in lines), lines
 
 
 def test_sdk_disabled_runs_command_without_a_span(wrapper: Wrapper) -> None:
