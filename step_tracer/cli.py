@@ -124,4 +124,5 @@ def show(file: str | None, trace_id: str | None, last: int | None) -> None:
     from step_tracer.export.settings import Settings
 
     path = file or Settings.from_env(os.environ, lambda _msg: None).file_path
-    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=sys.stdout.isatty()))
+    color = show_module.use_color(sys.stdout, os.environ)
+    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=color))
