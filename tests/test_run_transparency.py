@@ -246,6 +246,26 @@ def test_signal_reaches_child_exactly_once(
     assert [e.attributes["signal"] for e in span.events] == [sig.name]
 
 
+def test_a_command_that_survives_sigint_and_then_crashes_reports_the_crash(wrapper: Wrapper, tmp_path: Path) -> None:
+    """The SIGINT we passed on did not end the command; the SIGABRT it then died of did."""
+    ready = tmp_path / "ready"
+    code = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGABRT))\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(wrapper.argv("--", PY, "-c", code, str(ready)), env=wrapper.env, process_group=0)
+    _wait_for(ready)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=20) == 128 + signal.SIGABRT
+    span = wrapper.only_span()
+    assert [e.attributes["signal"] for e in span.events] == ["SIGINT"]
+    assert span.attributes["error.type"] == "SIGABRT"
+    assert span.attributes["cicd.pipeline.task.run.result"] == "failure"
+    assert span.status_message == "killed by SIGABRT after SIGINT was passed on"
+
+
 def test_sigterm_to_group_mid_step_is_a_cancellation(wrapper: Wrapper, tmp_path: Path) -> None:
     """Pod deletion: SIGTERM to the whole group while the step runs."""
     ready = tmp_path / "ready"

@@ -148,6 +148,9 @@ def _exited(code: int) -> int:
         (_exited(130), [2], False, 0, ("cancellation", "SIGINT")),
         (_exited(0), [15], False, 0, ("success", "")),
         (_signaled(10), [10], False, 0, ("failure", "SIGUSR1")),
+        (_signaled(11), [2], False, 0, ("failure", "SIGSEGV")),  # ignored the SIGINT, then crashed
+        (_signaled(9), [15], False, 0, ("failure", "SIGKILL")),  # ignored the SIGTERM, then someone's SIGKILL
+        (_signaled(15), [2, 15], False, 0, ("cancellation", "SIGTERM")),  # the stop it died of, not the first
         (_signaled(15), [], True, 0, ("timeout", "timeout")),
         (_signaled(9), [], False, 1, ("error", "oom_kill")),
         (_exited(1), [], False, 2, ("error", "oom_kill")),
