@@ -201,3 +201,27 @@ def test_signal_names() -> None:
     assert process.signal_name(15) == "SIGTERM"
     assert process.signal_name(64).startswith("SIG")
     assert os.WTERMSIG(_signaled(9)) == 9
+
+
+def test_own_peak_rss_reads_vmhwm(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_bytes(b"Name:\tpython3\nVmPeak:\t  30000 kB\nVmHWM:\t    9216 kB\nVmRSS:\t 9000 kB\n")
+    assert process.own_peak_rss(str(status)) == 9216 * 1024
+    status.write_bytes(b"Name:\tpython3\n")
+    assert process.own_peak_rss(str(status)) == 0
+    assert process.own_peak_rss(str(tmp_path / "absent")) == 0
+    assert process.own_peak_rss() > 0  # this very process, from /proc
+
+
+def test_memory_peak_at_or_below_the_wrappers_own_is_left_out() -> None:
+    """The kernel folded the wrapper's peak into the child's ru_maxrss: equal means unknown, above means exact."""
+    import resource
+
+    from step_tracer.wrapper import entrypoint
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    child = process.ChildExit(123, 0, ru)
+    child.spawner_peak = ru.ru_maxrss * 1024
+    assert "process.memory.peak" not in entrypoint._usage(child, None)
+    child.spawner_peak = ru.ru_maxrss * 1024 - 1
+    assert entrypoint._usage(child, None)["process.memory.peak"] == ru.ru_maxrss * 1024
