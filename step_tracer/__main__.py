@@ -22,16 +22,42 @@ def main(argv: list[str] | None = None) -> int:
 
         if ready.spool_from_args(args[1:]) is not None:
             return ready.ready_main(args[1:])
+    return _click_main(args)
+
+
+def _click_main(args: list[str]) -> int:
+    """click, with every error one line on stderr: click's usage errors come as three (usage, hint, error), and a
+    bug of ours must not show the user a traceback."""
+    import click
+
     from step_tracer.cli import cli
 
     try:
-        cli.main(args, prog_name="step-tracer")  # standalone: click reports usage errors itself (exit 2)
+        result = cli.main(args, prog_name="step-tracer", standalone_mode=False)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         sys.stderr.write(f"{exc.code}\n")
         return 1
-    return 0
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else "step-tracer"
+        if err.ctx is not None and where == "step-tracer" and args[:1] and args[0] in cli.list_commands(err.ctx):
+            where = f"step-tracer {args[0]}"  # click blames the group for some of a subcommand's option errors
+        message = " ".join(err.format_message().split())
+        sys.stderr.write(f"step-tracer: {message} (see {where} --help)\n")
+        return err.exit_code
+    except click.ClickException as err:
+        sys.stderr.write(f"step-tracer: {' '.join(err.format_message().split())}\n")
+        return err.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        sys.stderr.write("step-tracer: interrupted\n")
+        return 130
+    except Exception as err:  # the last resort: one line saying where, never the traceback
+        from step_tracer import problem
+
+        sys.stderr.write(f"step-tracer: {problem.describe(err)}\n")
+        return 70  # EX_SOFTWARE
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

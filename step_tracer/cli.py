@@ -58,12 +58,14 @@ def cli() -> None:
 
 def _run_params() -> list[click.Parameter]:
     params: list[click.Parameter] = []
-    for flag, takes_value, repeatable, help_text in run_options.OPTIONS:
-        if takes_value:
-            params.append(click.Option([flag], multiple=repeatable, help=help_text, metavar="VALUE"))
+    for flag, placeholder, repeatable, help_text in run_options.OPTIONS:
+        if placeholder:
+            params.append(click.Option([flag], multiple=repeatable, help=help_text, metavar=placeholder))
         else:
             params.append(click.Option([flag], is_flag=True, help=help_text))
-    params.append(click.Argument(["command"], nargs=-1, type=click.UNPROCESSED, required=True))
+    params.append(
+        click.Argument(["command"], nargs=-1, type=click.UNPROCESSED, required=True, metavar="-- CMD [ARGS]...")
+    )
     return params
 
 
@@ -72,9 +74,9 @@ def _run(command: tuple[str, ...], **values: Any) -> None:
     from step_tracer.wrapper import entrypoint
 
     argv: list[str] = []
-    for flag, takes_value, repeatable, _ in run_options.OPTIONS:
+    for flag, placeholder, repeatable, _ in run_options.OPTIONS:
         value = values.get(flag.lstrip("-").replace("-", "_"))
-        if not takes_value:
+        if not placeholder:
             argv += [flag] if value else []
             continue
         items = value if repeatable else [value]
@@ -95,6 +97,9 @@ cli.add_command(
         command additionally gets TRACEPARENT naming its span. The span is parented on TRACEPARENT when set, and
         exported per the OTEL_* environment variables (default without a collector: an OTLP JSON lines file, see
         `step-tracer show`). Arguments are not recorded unless --record-args is given.
+
+        Durations are Go-style (90s, 1h30m, 500ms) or plain seconds. A bad option followed by `--` and the
+        command does not stop the step: the command runs untraced, with one line on stderr.
 
         \b
         Examples:
@@ -119,4 +124,5 @@ def show(file: str | None, trace_id: str | None, last: int | None) -> None:
     from step_tracer.export.settings import Settings
 
     path = file or Settings.from_env(os.environ, lambda _msg: None).file_path
-    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=sys.stdout.isatty()))
+    color = show_module.use_color(sys.stdout, os.environ)
+    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=color))

@@ -14,7 +14,7 @@ from step_tracer.otlp import json_codec
 from step_tracer.span import STATUS_ERROR, STATUS_OK, Span
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import TextIO
 
     from step_tracer.span import AttributeValue
@@ -64,12 +64,23 @@ def show(
     except OSError as error:
         err.write(f"step-tracer: cannot read {path}: {error.strerror or error}\n")
         return 1
+    if malformed and not spans:  # binary, another format, or not UTF-8: one line says so
+        err.write(f"step-tracer: {path} holds no spans: {_plural(malformed, 'line')} not OTLP JSON ({HOW_TO_RECORD})\n")
+        return 1
     code = _render_file(path, spans, trace_id=trace_id, last=last, out=out, err=err, color=color)
     if malformed:
         err.write(malformed_summary(malformed, path) + "\n")
-        if not spans:
-            return 1
     return code
+
+
+def use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
+    """Colour for a terminal, unless NO_COLOR is set to anything but the empty string (https://no-color.org)."""
+    if env.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def _render_file(
@@ -104,7 +115,11 @@ def _trace_mismatch(trace_id: str, matches: int, path: str) -> str:
 
 
 def malformed_summary(count: int, path: str) -> str:
-    return f"step-tracer: skipped {count} malformed line{'s' if count != 1 else ''} in {path}"
+    return f"step-tracer: skipped {_plural(count, 'malformed line')} in {path}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def read_spans(lines: Iterable[str]) -> tuple[list[Span], int]:
@@ -211,7 +226,7 @@ def trace_header(spans: Sequence[Span]) -> str:
     ends = [s.end_ns for s in spans if s.end_ns]
     wall = format_duration(max(ends) - spans[0].start_ns) if ends else "unfinished"
     trace_id = _printable(spans[0].trace_id) or "(no trace id)"
-    return f"trace {trace_id}  {count} span{'s' if count != 1 else ''}  {wall}"
+    return f"trace {trace_id}  {_plural(count, 'span')}  {wall}"
 
 
 def span_details(span: Span, *, color: bool) -> list[str]:

@@ -25,8 +25,9 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+import step_tracer.export as export_module
 from step_tracer import __version__
-from step_tracer.export import ExportError, Outcome, export
+from step_tracer.export import ExportError, Outcome, export, files
 from step_tracer.export.settings import Settings
 from step_tracer.otlp import json_codec
 from step_tracer.span import STATUS_ERROR, Batch, Event, Span
@@ -454,6 +455,91 @@ def test_trickling_collector_is_abandoned_at_the_deadline(trickle: _Trickle) -> 
     result = run(otlp(trickle.url, timeout=30.0))
     result.failed_once(trickle.url, "deadline")
     assert result.outcome.abandoned
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The deadline by an injected clock: values, not a hang that pytest-timeout would have to catch
+
+
+class _Clock:
+    """time.monotonic and time.sleep for the export module: time passes only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(export_module, "monotonic", fake)
+    monkeypatch.setattr(export_module, "sleep", fake.sleep)
+    return fake
+
+
+def test_the_caller_stops_waiting_at_the_deadline_counted_from_the_export_start(
+    clock: _Clock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The file write took 0.3 s of a 2 s deadline: the network thread gets the 1.7 s left, then is abandoned."""
+    waits: list[float] = []
+
+    class NeverDone:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            waits.append(timeout)
+            clock.now += max(timeout, 0.0)
+            return False
+
+    job = export_module._Job()
+    job.done = NeverDone()  # type: ignore[assignment]
+    monkeypatch.setattr(export_module, "_start", lambda _batches, _settings: job)
+    real_append = files.append_line
+
+    def slow_append(path: str, line: str) -> None:
+        clock.now += 0.3
+        real_append(path, line)
+
+    monkeypatch.setattr(files, "append_line", slow_append)
+    settings = Settings(
+        exporters=("file", "otlp"), file_path=str(tmp_path / "s.jsonl"), endpoint="http://x/v1/traces", deadline=2.0
+    )
+    started = clock.now
+    result = run(settings)
+    assert waits == [pytest.approx(1.7)]
+    assert clock.now - started == pytest.approx(2.0)
+    assert result.outcome.abandoned and not result.outcome.ok
+    assert result.lines == [
+        "step-tracer: span not exported to http://x/v1/traces: no answer within the 2 s export deadline"
+        " (the step's result is unchanged)"
+    ]
+
+
+@pytest.mark.parametrize("attempt_takes", [0.01, 0.7])
+def test_retries_fit_inside_the_deadline_by_the_clock(clock: _Clock, attempt_takes: float) -> None:
+    """Every attempt's timeout ends ATTEMPT_MARGIN before the deadline, backoff never sleeps past it, and the
+    thread has returned (not been abandoned) by then."""
+    attempts: list[tuple[float, float]] = []  # (started at, timeout given)
+
+    class Failing:
+        def send(self, payload: bytes, timeout: float) -> None:
+            attempts.append((clock.now, timeout))
+            clock.now += min(attempt_takes, timeout)
+            raise ExportError("connection refused", retryable=True)
+
+        def close(self) -> None:
+            pass
+
+    deadline_at = clock.now + 2.0
+    error = export_module._retry(export_module._Job(), Failing(), b"payload", 10.0, deadline_at)
+    assert error is not None and error.endswith("no time left to retry)")
+    assert len(attempts) >= 2, attempts  # it did retry inside the deadline
+    for started, timeout in attempts:
+        assert started + timeout <= deadline_at - export_module.ATTEMPT_MARGIN + 1e-9, (started, timeout)
+    assert clock.now <= deadline_at - export_module.ATTEMPT_MARGIN
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -146,6 +146,21 @@ def test_python_ignored_signals_are_reset_for_the_child(wrapper: Wrapper) -> Non
     assert not ignored & (1 << (signal.SIGPIPE - 1))
 
 
+def _read_until(fd: int, marker: bytes, deadline: float) -> bytes:
+    """What the terminal's other end printed, up to and including `marker` (or all of it once the end is gone)."""
+    output = b""
+    while marker not in output and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the terminal's other end is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    return output
+
+
 def test_terminal_stays_a_terminal_and_ctrl_c_arrives_once(wrapper: Wrapper, tmp_path: Path) -> None:
     counts = tmp_path / "counts"
     code = f"""
@@ -154,6 +169,7 @@ n = 0
 def on_int(*_):
     global n
     n += 1
+    os.write(1, b"INT\\n")
 signal.signal(signal.SIGINT, on_int)
 print("TTY", os.isatty(0), os.isatty(1), os.isatty(2), flush=True)
 line = sys.stdin.readline()
@@ -162,24 +178,12 @@ open({str(counts)!r}, "w").write(f"{{line.strip()}} {{n}}")
     pid, fd = pty.fork()
     if pid == 0:
         os.execve(wrapper.executable, wrapper.argv("--", PY, "-c", code), wrapper.env)
-    output = b""
     deadline = time.monotonic() + 20
-    while b"TTY" not in output and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.5)[0]:
-            try:
-                output += os.read(fd, 1024)
-            except OSError:  # EIO: the terminal's other end is gone
-                break
-    assert b"TTY True True True" in output
+    assert b"TTY True True True\r\n" in _read_until(fd, b"\n", deadline)
     os.write(fd, b"\x03")  # Ctrl-C from the terminal: the foreground group, once
-    time.sleep(0.3)
+    assert b"INT" in _read_until(fd, b"INT", deadline)  # handled: typing on cannot be flushed with the ^C
     os.write(fd, b"hello\n")
-    while time.monotonic() < deadline:
-        try:
-            if select.select([fd], [], [], 0.5)[0] and not os.read(fd, 1024):
-                break
-        except OSError:
-            break
+    _read_until(fd, b"\0", deadline)  # to the end
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert counts.read_text() == "hello 1"
@@ -244,6 +248,26 @@ def test_signal_reaches_child_exactly_once(
     assert [e.attributes["signal"] for e in span.events] == [sig.name]
 
 
+def test_a_command_that_survives_sigint_and_then_crashes_reports_the_crash(wrapper: Wrapper, tmp_path: Path) -> None:
+    """The SIGINT we passed on did not end the command; the SIGABRT it then died of did."""
+    ready = tmp_path / "ready"
+    code = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGABRT))\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(wrapper.argv("--", PY, "-c", code, str(ready)), env=wrapper.env, process_group=0)
+    _wait_for(ready)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=20) == -signal.SIGABRT
+    span = wrapper.only_span()
+    assert [e.attributes["signal"] for e in span.events] == ["SIGINT"]
+    assert span.attributes["error.type"] == "SIGABRT"
+    assert span.attributes["cicd.pipeline.task.run.result"] == "failure"
+    assert span.status_message == "killed by SIGABRT after SIGINT was passed on"
+
+
 def test_sigterm_to_group_mid_step_is_a_cancellation(wrapper: Wrapper, tmp_path: Path) -> None:
     """Pod deletion: SIGTERM to the whole group while the step runs."""
     ready = tmp_path / "ready"
@@ -287,6 +311,25 @@ def test_timeout_kills_a_child_that_ignores_sigterm(wrapper: Wrapper) -> None:
     assert span.status_message.endswith("killed")
 
 
+def test_timeout_zero_is_no_timeout(wrapper: Wrapper) -> None:
+    """As GNU timeout and Tekton read it. A 0 s deadline would have stopped the command at once."""
+    proc = wrapper.run("--timeout", "0", "--", "sh", "-c", "sleep 0.3; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    assert wrapper.only_span().attributes["cicd.pipeline.task.run.result"] == "failure"
+
+
+def test_kill_after_zero_sends_no_sigkill(wrapper: Wrapper) -> None:
+    """GNU timeout's `-k 0`: SIGTERM only. The command ignores SIGTERM from its start (the disposition the wrapper was
+    started with passes on), so nothing races the wrapper's timer."""
+    argv = wrapper.argv("--timeout", "0.1s", "--kill-after", "0", "--", "sh", "-c", "sleep 0.5; exit 4")
+    proc = subprocess.run(
+        ["sh", "-c", "trap '' TERM; exec \"$@\"", "sh", *argv], env=wrapper.env, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 4, proc.stderr
+    span = wrapper.only_span()
+    assert span.attributes["cicd.pipeline.task.run.result"] == "timeout"
+
+
 def test_tekton_step_timeout_is_recorded_not_enforced(wrapper: Wrapper) -> None:
     """Tekton enforces the step timeout itself (SIGKILL, TimeoutExceeded, later steps skipped): acting earlier would
     change the TaskRun's outcome, so the command runs on past it and its own exit code stands."""
@@ -315,6 +358,25 @@ def test_bad_wrapper_option_still_runs_the_command(wrapper: Wrapper) -> None:
     assert proc.stdout == b"ran\n"
     assert proc.stderr.decode().count("\n") == 1
     assert "running the command untraced" in proc.stderr.decode()
+
+
+def test_option_missing_its_value_runs_the_command_and_records_no_span_named_dashdash(wrapper: Wrapper) -> None:
+    proc = wrapper.run("--name", "--", "sh", "-c", "echo ran; exit 4")
+    assert proc.returncode == 4
+    assert proc.stdout == b"ran\n"
+    assert proc.stderr.decode().splitlines() == [
+        "step-tracer: --name needs a value: --name NAME; running the command untraced"
+    ]
+    assert wrapper.spans() == []
+
+
+def test_otel_setting_warnings_carry_the_prefix_once(wrapper: Wrapper) -> None:
+    env = {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon", "OTEL_TRACES_EXPORTER": "bogus,file", "OTEL_RESOURCE_ATTRIBUTES": "x"}
+    proc = wrapper.run("--", "true", env=env)
+    assert proc.returncode == 0
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("step-tracer: ") and line.count("step-tracer:") == 1 for line in lines), lines
 
 
 def test_sdk_disabled_runs_command_without_a_span(wrapper: Wrapper) -> None:

@@ -17,6 +17,7 @@ from step_tracer.show import (
     group_traces,
     read_spans,
     show,
+    use_color,
 )
 from step_tracer.span import STATUS_ERROR, STATUS_OK, STATUS_UNSET, Batch, Span
 
@@ -449,14 +450,25 @@ def test_malformed_lines_are_skipped_with_one_summary(tmp_path: Path) -> None:
     assert err == f"step-tracer: skipped 2 malformed lines in {path}\n"
 
 
-def test_a_file_of_only_garbage_says_so_and_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello\n",
+        b"\x7fELF\x02\x01\x01\x00\x00\x00\n\x00\x00",
+        b'\xff\xfe{"resourceSpans": []}\n',
+        b'{"resourceSpans": 5}\n',
+    ],
+    ids=["text", "binary", "not-utf-8", "other-json"],
+)
+def test_a_file_without_spans_says_so_in_one_line_and_fails(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "notes.txt"
-    path.write_text("hello\n", encoding="utf-8")
+    path.write_bytes(data)
 
     code, out, err = run_show(path)
 
-    assert (code, out) == (1, f"no spans in {path}\n")
-    assert err == f"step-tracer: skipped 1 malformed line in {path}\n"
+    assert (code, out) == (1, "")
+    assert err.startswith(f"step-tracer: {path} holds no spans: ") and err.count("\n") == 1, err
+    assert "not OTLP JSON" in err and "codec" not in err
 
 
 def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
@@ -505,3 +517,23 @@ def test_collector_file_exporter_line(tmp_path: Path) -> None:
         "trace 5b8efff798038103d269b633813fc60c  1 span  1.5s\n"
         "unit-tests  1.5s  error  exit=1  mem=5.0MiB  (parent eee19b7e not in file)\n"
     )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("env", "stream", "expected"),
+    [
+        ({}, _Terminal(), True),
+        ({"NO_COLOR": "1"}, _Terminal(), False),
+        ({"NO_COLOR": ""}, _Terminal(), True),  # https://no-color.org: set and not empty
+        ({}, io.StringIO(), False),
+    ],
+)
+def test_colour_only_on_a_terminal_and_never_under_no_color(
+    env: dict[str, str], stream: io.StringIO, expected: bool
+) -> None:
+    assert use_color(stream, env) is expected

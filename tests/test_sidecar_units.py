@@ -73,6 +73,8 @@ def test_step_list_tolerates_partial_entries_and_reports_garbage_once() -> None:
     assert parse_steps('{"a": 1}', warnings.append) == []
     assert parse_steps("[", warnings.append) == []
     assert len(warnings) == 2
+    assert warnings[1].startswith("ignoring STEP_TRACER_STEPS: not a JSON list of steps (at character 1)")
+    assert not any("Expecting" in w for w in warnings)  # json's wording, not ours
     assert parse_steps("  ", warnings.append) == []
 
 

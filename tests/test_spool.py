@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -113,37 +112,32 @@ def test_a_failed_write_raises_oserror_and_leaves_nothing(tmp_path: Path) -> Non
     assert sorted(os.listdir(tmp_path)) == [blocker.name]
 
 
-def test_readers_never_see_a_partial_record(tmp_path: Path) -> None:
-    """A reader looping over the spool while a writer adds big records: every record it lists parses whole."""
+def test_readers_never_see_a_partial_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race made certain instead of hoped for: the writer's every write is cut to 4 KiB, and between any two
+    pieces a reader lists the spool. A record that is listed must parse whole, at every one of those moments."""
     big = make_span()
-    big.attributes["blob"] = "x" * 200_000
-    stop = threading.Event()
-    errors: list[str] = []
-    reads = 0
+    big.attributes["blob"] = "x" * 50_000
+    real_write = os.write
+    moments: list[tuple[int, int]] = []  # (records listed, bytes written so far) at each cut
 
-    def reader() -> None:
-        nonlocal reads
-        while not stop.is_set():
-            _, ends = spool.list_records(str(tmp_path))
-            for key in ends:
-                try:
-                    spool.read_record(spool.record_path(str(tmp_path), key, spool.END))
-                    reads += 1
-                except ValueError as err:
-                    errors.append(str(err))
+    def cut_write(fd: int, data: bytes | memoryview) -> int:
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
+            return real_write(fd, data)
+        written = real_write(fd, bytes(data[:4096]))
+        _, ends = spool.list_records(str(tmp_path))
+        for key in ends:
+            spool.read_record(spool.record_path(str(tmp_path), key, spool.END))  # ValueError if partial
+        moments.append((len(ends), os.fstat(fd).st_size))
+        return written
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for _ in range(40):
-            big.span_id = os.urandom(8).hex()
-            spool.write_end(str(tmp_path), RESOURCE, big)
-    finally:
-        stop.set()
-        thread.join()
-    assert errors == []
-    assert reads > 0
-    assert len(spool.list_records(str(tmp_path))[1]) == 40
+    monkeypatch.setattr(os, "write", cut_write)  # the module spool writes through
+    spool.write_end(str(tmp_path), RESOURCE, big)
+    monkeypatch.undo()
+    assert len(moments) > 10, "the write was not cut: the reader saw no in-between state"
+    assert [listed for listed, _ in moments] == [0] * len(moments)  # nothing listed before the rename
+    assert [span.attributes["blob"] for _, span in [spool.read_record(str(p)) for p in tmp_path.iterdir()]] == [
+        big.attributes["blob"]
+    ]
 
 
 def test_listing_ignores_temporary_hidden_and_foreign_files(tmp_path: Path) -> None:

@@ -23,10 +23,42 @@ def test_durations(text: str, seconds: float) -> None:
     assert options.parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "10x", "1h30", "m"])
+@pytest.mark.parametrize("text", ["", "soon", "10x", "1h30", "m", "-1", "-1h", "nan", "inf", "1..5s", "1e999"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration") as err:
         options.parse_duration(text)
+    assert "float" not in str(err.value)  # our words, not Python's
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--kill-after", "--tekton-step-timeout"])
+def test_zero_duration_means_none(flag: str) -> None:
+    """GNU timeout and Tekton read a 0 timeout as no timeout (and GNU's `-k 0` as no SIGKILL)."""
+    opts = options.parse([flag, "0", "--", "true"])
+    assert getattr(opts, flag[2:].replace("-", "_")) is None
+    assert options.parse(["--sample-interval", "0s", "--", "true"]).sample_interval == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "--", "cmd", "a"], "--name needs a value: --name NAME"),
+        (["--name", "--timeout=5s", "--", "cmd", "a"], "--name needs a value: --name NAME"),
+        (["--timeout", "-5s", "--", "cmd", "a"], "--timeout: invalid duration '-5s': must be 0 or more"),
+        (["--kill-after=1..5s", "--", "cmd", "a"], "--kill-after: invalid duration '1..5s'"),
+        (["--tekton-step-index", "abc", "--", "cmd", "a"], "--tekton-step-index takes a step index N"),
+        (["--tekton-step-index=-1", "--", "cmd", "a"], "--tekton-step-index takes a step index N"),
+    ],
+)
+def test_option_errors_name_the_option_and_keep_the_command(argv: list[str], message: str) -> None:
+    with pytest.raises(options.UsageError) as err:
+        options.parse(argv)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "invalid literal" not in str(err.value)
+    assert err.value.command == ["cmd", "a"]
+
+
+def test_a_value_that_starts_with_a_dash_is_given_inline() -> None:
+    assert options.parse(["--name=--", "--attr=k=--x", "--", "cmd"]).name == "--"
 
 
 def test_options_stop_at_double_dash_or_first_operand() -> None:
@@ -116,6 +148,9 @@ def _exited(code: int) -> int:
         (_exited(130), [2], False, 0, ("cancellation", "SIGINT")),
         (_exited(0), [15], False, 0, ("success", "")),
         (_signaled(10), [10], False, 0, ("failure", "SIGUSR1")),
+        (_signaled(11), [2], False, 0, ("failure", "SIGSEGV")),  # ignored the SIGINT, then crashed
+        (_signaled(9), [15], False, 0, ("failure", "SIGKILL")),  # ignored the SIGTERM, then someone's SIGKILL
+        (_signaled(15), [2, 15], False, 0, ("cancellation", "SIGTERM")),  # the stop it died of, not the first
         (_signaled(15), [], True, 0, ("timeout", "timeout")),
         (_signaled(9), [], False, 1, ("error", "oom_kill")),
         (_exited(1), [], False, 2, ("error", "oom_kill")),
@@ -166,3 +201,27 @@ def test_signal_names() -> None:
     assert process.signal_name(15) == "SIGTERM"
     assert process.signal_name(64).startswith("SIG")
     assert os.WTERMSIG(_signaled(9)) == 9
+
+
+def test_own_peak_rss_reads_vmhwm(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_bytes(b"Name:\tpython3\nVmPeak:\t  30000 kB\nVmHWM:\t    9216 kB\nVmRSS:\t 9000 kB\n")
+    assert process.own_peak_rss(str(status)) == 9216 * 1024
+    status.write_bytes(b"Name:\tpython3\n")
+    assert process.own_peak_rss(str(status)) == 0
+    assert process.own_peak_rss(str(tmp_path / "absent")) == 0
+    assert process.own_peak_rss() > 0  # this very process, from /proc
+
+
+def test_memory_peak_at_or_below_the_wrappers_own_is_left_out() -> None:
+    """The kernel folded the wrapper's peak into the child's ru_maxrss: equal means unknown, above means exact."""
+    import resource
+
+    from step_tracer.wrapper import entrypoint
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    child = process.ChildExit(123, 0, ru)
+    child.spawner_peak = ru.ru_maxrss * 1024
+    assert "process.memory.peak" not in entrypoint._usage(child, None)
+    child.spawner_peak = ru.ru_maxrss * 1024 - 1
+    assert entrypoint._usage(child, None)["process.memory.peak"] == ru.ru_maxrss * 1024

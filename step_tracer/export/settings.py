@@ -111,8 +111,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], warn: Callable[[str], None]) -> Settings:
         """Read the OTEL_* (and STEP_TRACER_*) variables. Never raises.
 
-        Each invalid value produces exactly one `warn` call with a complete line prefixed "step-tracer: "
-        (no trailing newline) naming the variable; header values are never echoed.
+        Each invalid value produces exactly one `warn` call naming the variable, without the "step-tracer: "
+        prefix (the caller adds its own, as for every other warning) and without a newline; header values are
+        never echoed.
         """
         get = _Reader(env, warn)
         protocol = get.choice("protocol", PROTOCOLS, "http/protobuf")
@@ -167,7 +168,7 @@ class _Reader:
         return None
 
     def bad(self, name: str, value: str, expected: str, fallback: object) -> None:
-        self.warn(f"step-tracer: ignoring {name}={value!r}: expected {expected}; using {fallback}")
+        self.warn(f"ignoring {name}={value!r}: expected {expected}; using {fallback}")
 
     def flag(self, *names: str) -> bool:
         found = self.first(*names)
@@ -209,7 +210,7 @@ class _Reader:
             chosen.append(item)
         if "none" in chosen:
             if len(chosen) > 1:
-                self.warn(f"step-tracer: OTEL_TRACES_EXPORTER={text!r} combines none with exporters; using none")
+                self.warn(f"OTEL_TRACES_EXPORTER={text!r} combines none with exporters; using none")
             return ()
         if not chosen:
             return (default,)
@@ -245,7 +246,7 @@ class _Reader:
                 value = _unquote(raw.strip()) if sep else None
                 if not key or value is None or not _TOKEN.issuperset(key) or _unsendable(value):
                     self.warn(
-                        f"step-tracer: ignoring malformed entry {position} of {name} "
+                        f"ignoring malformed entry {position} of {name} "
                         "(expected key=value, percent-encoded to printable ASCII)"
                     )
                     continue
@@ -282,7 +283,7 @@ class _Reader:
             parsed = _resource_attributes(text)
             if parsed is None:
                 self.warn(
-                    "step-tracer: ignoring OTEL_RESOURCE_ATTRIBUTES: expected comma-separated "
+                    "ignoring OTEL_RESOURCE_ATTRIBUTES: expected comma-separated "
                     "key=value pairs with percent-encoded values"
                 )
             else:

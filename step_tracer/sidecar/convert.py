@@ -47,8 +47,12 @@ def parse_steps(text: str, warn: Callable[[str], None]) -> list[StepInfo]:
         items = json.loads(text)
         if not isinstance(items, list):
             raise ValueError("not a JSON list")
-    except ValueError as err:
-        warn(f"ignoring STEP_TRACER_STEPS ({err}); spans lack tekton.step.image and tekton.step.on_error")
+    except ValueError as err:  # json's own text ("Expecting property name ...") means nothing to a Task author
+        at = f" (at character {err.pos})" if isinstance(err, json.JSONDecodeError) else ""
+        warn(
+            f"ignoring STEP_TRACER_STEPS: not a JSON list of steps{at}; "
+            "spans lack tekton.step.image and tekton.step.on_error"
+        )
         return []
     steps = []
     for item in items:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from step_tracer import problem
 from step_tracer.sidecar import watch
 from step_tracer.sidecar.install import install_wrapper
 from step_tracer.sidecar.recovery import recover, step_index
@@ -128,7 +129,7 @@ def main(
     try:
         prepare_spool(spool_dir)
     except OSError as err:
-        _say(f"cannot prepare the spool {spool_dir}: {err}")
+        _say(f"cannot prepare the spool {spool_dir}: {err.strerror or err}")
     if install_dir:
         install_wrapper(wrapper_source, install_dir, _say)
     info_dir = paths.podinfo_dir(env)
@@ -146,7 +147,7 @@ def main(
     try:
         write_ready(spool_dir)
     except OSError as err:
-        _say(f"cannot write {spool_dir}/{paths.READY_FILE}: {err}")
+        _say(f"cannot write {spool_dir}/{paths.READY_FILE}: {err.strerror or err}")
     waiter.watch(spool_dir, use_inotify=env.get("STEP_TRACER_SIDECAR_INOTIFY", "1") != "0")
     sidecar = _build(spool_dir, info, started_ns, stop, waiter, env, debug_on)
     code = sidecar.serve()
@@ -230,7 +231,7 @@ class Sidecar:
             except DeadlineReached:
                 break
             except Exception as err:  # never die with steps still writing: say it and try again later
-                _say(f"internal error while shipping: {err!r}")
+                _say(f"cannot ship: {problem.describe(err)}")
                 state = "failed"
             if state == "failed":
                 try:
@@ -267,7 +268,7 @@ class Sidecar:
                 f"{len(starts - ends)} unfinished step record(s) not shipped to {self.describe}"
             )
         except Exception as err:  # the pod is going away: say what broke, but do not fail its shutdown
-            _say(f"internal error while draining: {err!r}")
+            _say(f"cannot drain: {problem.describe(err)}")
         else:
             _say(f"shipped {self.shipped} span(s) ({self.recovered_count} recovered); exiting")
         return 0

@@ -99,7 +99,7 @@ class Waiter:
         try:
             self.inotify = Inotify(directory)
         except (OSError, AttributeError) as err:  # AttributeError: a libc without inotify symbols
-            self.reason = str(err)
+            self.reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)  # not "[Errno 2]"
 
     def wait(self, timeout: float | None, *, spool: bool = True, extra_fd: int | None = None) -> None:
         """Return when the spool may have changed (if `spool`), a signal arrived, `extra_fd` is readable, or

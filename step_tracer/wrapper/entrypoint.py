@@ -112,7 +112,10 @@ def _usage(child: process.ChildExit, sampler: TreeSampler | None) -> Attributes:
     if ru is not None:
         attrs["process.cpu.time.user"] = ru.ru_utime
         attrs["process.cpu.time.system"] = ru.ru_stime
-        peak = ru.ru_maxrss * 1024
+        # Exact only above the wrapper's own peak, which the kernel folds into the child's ru_maxrss at exec: at or
+        # below it the command's peak is unknown (smaller), and the wrapper's size is no figure of the command.
+        if child.spawner_peak and ru.ru_maxrss * 1024 > child.spawner_peak:
+            peak = ru.ru_maxrss * 1024
         attrs["process.disk.io.read"] = ru.ru_inblock * 512
         attrs["process.disk.io.write"] = ru.ru_oublock * 512
     if sampler is not None:
@@ -177,6 +180,11 @@ def _main(opts: options.RunOptions) -> int:
     return _run_traced(opts, traced)
 
 
+def _tekton_step(opts: options.RunOptions) -> bool:
+    """Run as a Tekton step (the patcher's or the webhook's options): the step is a container of its own."""
+    return bool(opts.tekton_step) or opts.tekton_step_index is not None
+
+
 class Traced:
     """A step about to run traced: where its span goes and what the child's environment is."""
 
@@ -216,7 +224,7 @@ def _prepare(opts: options.RunOptions) -> Traced | None:
         return None
     spool: str | None = None
     attributes: Attributes = {}
-    if opts.tekton_step or opts.tekton_step_index is not None:
+    if _tekton_step(opts):
         from step_tracer.tekton import identity, step
 
         _step_from_entrypoint(opts, identity.read(os.getppid()))
@@ -332,7 +340,9 @@ def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
         from step_tracer.wrapper.sampler import TreeSampler
 
         sampler = TreeSampler(opts.sample_interval)
-    cgroup_before = cgroup.snapshot()
+    # container.* only where the cgroup is the step's own: each Tekton step is a container. Elsewhere (a laptop's
+    # session, a CI runner's shared cgroup) it would be everyone's usage, and its lifetime peak besides.
+    cgroup_before = cgroup.snapshot() if _tekton_step(opts) else None
     span.start_ns = time.time_ns()
     started = time.monotonic_ns()
     _write_ahead(traced, _start_record(opts, traced))
@@ -347,7 +357,7 @@ def _run_traced(opts: options.RunOptions, traced: Traced) -> int:
     span.end_ns = span.start_ns + (time.monotonic_ns() - started)
     try:
         usage = _usage(child, sampler)
-        cgroup_after = cgroup.snapshot()
+        cgroup_after = cgroup.snapshot() if cgroup_before is not None else None
         if cgroup_before is not None and cgroup_after is not None:
             usage.update(cgroup.usage_attributes(cgroup_before, cgroup_after))
         oom_kills = usage.get("container.memory.oom_kills", 0)

@@ -12,26 +12,34 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~20 ms h
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-# (flag, takes a value, repeatable, help). The single source for the fast parser and click's help.
-OPTIONS: tuple[tuple[str, bool, bool, str], ...] = (
-    ("--name", True, False, "Span name (default: the executable's name, or the Tekton step name)."),
-    ("--attr", True, True, "Extra span attribute KEY=VALUE (repeatable)."),
-    ("--timeout", True, False, "Stop the command after DURATION: SIGTERM to its process group, then SIGKILL."),
-    ("--kill-after", True, False, "Grace between SIGTERM and SIGKILL on timeout (default 2s)."),
-    ("--record-args", False, False, "Record the command's arguments, with secret-looking values masked."),
-    ("--sample-interval", True, False, "Process-tree memory sampling interval (default 2s; 0 turns it off)."),
-    ("--tekton-step", True, False, "The Tekton step's name (set by the patcher)."),
-    ("--tekton-step-index", True, False, "The Tekton step's index in its Task (set by the patcher)."),
+# (flag, placeholder of its value or "" for a flag without one, repeatable, help). The single source for the fast
+# parser and click's help.
+OPTIONS: tuple[tuple[str, str, bool, str], ...] = (
+    ("--name", "NAME", False, "Span name (default: the executable's name, or the Tekton step name)."),
+    ("--attr", "KEY=VALUE", True, "Extra span attribute (repeatable)."),
+    (
+        "--timeout",
+        "DURATION",
+        False,
+        "Stop the command after DURATION: SIGTERM to its process group, SIGKILL --kill-after later; the span "
+        "is still written, with the result `timeout`. 0 means no timeout.",
+    ),
+    ("--kill-after", "DURATION", False, "Grace between SIGTERM and SIGKILL on --timeout (default 2s; 0: no SIGKILL)."),
+    ("--record-args", "", False, "Record the command's arguments, with secret-looking values masked."),
+    ("--sample-interval", "DURATION", False, "Process-tree memory sampling interval (default 2s; 0 turns it off)."),
+    ("--tekton-step", "NAME", False, "The Tekton step's name (set by the patcher)."),
+    ("--tekton-step-index", "N", False, "The Tekton step's index in its Task, from 0 (set by the patcher)."),
     (
         "--tekton-step-timeout",
-        True,
+        "DURATION",
         False,
-        "The Tekton step's timeout: the wrapper stops the command early enough to record the span before "
-        "Tekton's SIGKILL.",
+        "The Tekton step's timeout (set by the patcher; 0 means none). Recorded, not enforced: Tekton's entrypoint "
+        "kills the step at the deadline, so the wrapper saves its measurements shortly before.",
     ),
 )
 
-_TAKES_VALUE = {flag: takes for flag, takes, _, _ in OPTIONS}
+_PLACEHOLDER = {flag: placeholder for flag, placeholder, _, _ in OPTIONS}
+_TAKES_VALUE = {flag: bool(placeholder) for flag, placeholder in _PLACEHOLDER.items()}
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -68,7 +76,7 @@ class RunOptions:
         self.name = ""
         self.attrs: dict[str, str] = {}
         self.timeout: float | None = None
-        self.kill_after = 2.0
+        self.kill_after: float | None = 2.0
         self.record_args = False
         self.sample_interval = 2.0
         self.tekton_step = ""
@@ -77,15 +85,26 @@ class RunOptions:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration ("1h30m", "500ms", "1h0m0s") or a plain number of seconds."""
+    """Seconds in a Go-style duration ("1h30m", "500ms", "1h0m0s") or a plain number of seconds.
+
+    Raises ValueError with a message fit for the user: a negative, infinite or NaN duration means nothing here.
+    """
     text = text.strip()
+    seconds = -1.0 if text.startswith("-") else _duration(text)
+    if not seconds >= 0.0 or seconds == float("inf"):  # `not >=` also catches NaN
+        raise ValueError(f"invalid duration {text!r}: must be 0 or more, e.g. 90s, 1h30m, 500ms")
+    return seconds
+
+
+def _duration(text: str) -> float:
+    if not text:
+        raise ValueError("empty duration: use e.g. 90s, 1h30m, 500ms")
     try:
         return float(text)
     except ValueError:
         pass
     total, number, i = 0.0, "", 0
-    if not text:
-        raise ValueError("empty duration")
+    bad = f"invalid duration {text!r}: use e.g. 90s, 1h30m, 500ms"
     while i < len(text):
         ch = text[i]
         if ch.isdigit() or ch == ".":
@@ -94,8 +113,11 @@ def parse_duration(text: str) -> float:
             continue
         unit = text[i : i + 2] if text[i : i + 2] in _UNITS else ch
         if unit not in _UNITS or not number:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(number) * _UNITS[unit]
+            raise ValueError(bad)
+        try:
+            total += float(number) * _UNITS[unit]
+        except ValueError:  # "1..5s"
+            raise ValueError(bad) from None
         number, i = "", i + len(unit)
     if number:
         raise ValueError(f"invalid duration {text!r}: missing unit after {number}")
@@ -110,18 +132,25 @@ def _apply(opts: RunOptions, flag: str, value: str) -> None:
         if not sep or not key:
             raise ValueError(f"--attr takes KEY=VALUE, got {value!r}")
         opts.attrs[key] = val
-    elif flag == "--timeout":
-        opts.timeout = parse_duration(value)
-    elif flag == "--kill-after":
-        opts.kill_after = parse_duration(value)
-    elif flag == "--sample-interval":
-        opts.sample_interval = parse_duration(value)
     elif flag == "--tekton-step":
         opts.tekton_step = value
     elif flag == "--tekton-step-index":
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"--tekton-step-index takes a step index N (0, 1, ...), got {value!r}")
         opts.tekton_step_index = int(value)
-    elif flag == "--tekton-step-timeout":
-        opts.tekton_step_timeout = parse_duration(value)
+    else:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from None
+        if flag == "--timeout":
+            opts.timeout = seconds or None  # 0: no timeout, as GNU timeout and Tekton read it
+        elif flag == "--kill-after":
+            opts.kill_after = seconds or None  # 0: never SIGKILL, as GNU timeout reads it
+        elif flag == "--sample-interval":
+            opts.sample_interval = seconds
+        elif flag == "--tekton-step-timeout":
+            opts.tekton_step_timeout = seconds or None  # Tekton: 0 means no timeout
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -135,6 +164,11 @@ def wants_help(argv: Sequence[str]) -> bool:
             return False
         i += 2 if _TAKES_VALUE.get(arg) else 1
     return False
+
+
+def _is_ours(arg: str) -> bool:
+    """`--` or one of our flags where a value should be: the value is missing."""
+    return arg == "--" or arg.partition("=")[0] in _TAKES_VALUE
 
 
 def parse(argv: Sequence[str]) -> RunOptions:
@@ -163,11 +197,11 @@ def parse(argv: Sequence[str]) -> RunOptions:
             if eq:
                 value = inline
                 i += 1
-            elif i + 1 < len(args):
+            elif i + 1 < len(args) and not _is_ours(args[i + 1]):
                 value = args[i + 1]
                 i += 2
-            else:
-                raise ValueError(f"{flag} needs a value")
+            else:  # `--name -- cmd`: a value forgotten, not a span named "--" (`--name=--` says it on purpose)
+                raise ValueError(f"{flag} needs a value: {flag} {_PLACEHOLDER[flag]}")
             _apply(opts, flag, value)
     except ValueError as err:
         raise UsageError(str(err), after_dashdash or None) from err

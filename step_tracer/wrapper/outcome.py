@@ -43,10 +43,13 @@ def classify(child: ChildExit, oom_kills: int = 0, timeout: float | None = None)
     if oom_kills > 0:
         return Outcome("error", "oom_kill", f"out of memory: {oom_kills} process(es) OOM-killed in the container")
     stops = [signo for _, signo in child.forwarded if signo in TERMINATING]
-    if stops:
-        name = signal_name(stops[0])
-        return Outcome("cancellation", name, f"cancelled by {name}")
-    if child.signal:
+    if child.signal and child.signal not in stops:
+        # Killed by a signal nobody asked us to pass on: a command that ignored the SIGINT we passed on and then
+        # crashed (SIGSEGV) or was SIGKILLed died of that, not of the stop.
         name = signal_name(child.signal)
-        return Outcome("failure", name, f"killed by {name}")
+        after = f" after {signal_name(stops[0])} was passed on" if stops else ""
+        return Outcome("failure", name, f"killed by {name}{after}")
+    if stops:
+        name = signal_name(child.signal or stops[0])
+        return Outcome("cancellation", name, f"cancelled by {name}")
     return Outcome("failure", f"exit_code_{child.exit_code}", f"exit code {child.exit_code}")

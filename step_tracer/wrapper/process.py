@@ -80,6 +80,7 @@ class ChildExit:
         "pid",
         "rusage",
         "signal",
+        "spawner_peak",
         "timed_out",
     )
 
@@ -91,6 +92,9 @@ class ChildExit:
         self.timed_out = False
         self.killed = False
         self.forwarded: list[tuple[int, int]] = []  # (time_ns, signo)
+        # The wrapper's own resident high-water mark once the child had exec'd, in bytes (0: unknown). The kernel
+        # folds it into the child's ru_maxrss (see `own_peak_rss`), so a smaller ru_maxrss says nothing.
+        self.spawner_peak = 0
 
 
 def _foreground_tty() -> int | None:
@@ -179,22 +183,50 @@ def replace(argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         raise _not_started(argv[0], err) from err
 
 
+def own_peak_rss(status_path: str = "/proc/self/status") -> int:
+    """This process's resident high-water mark (VmHWM) in bytes; 0 when /proc cannot say.
+
+    Why it matters: posix_spawn's child shares our memory until it execs, and exec records the old memory's
+    high-water mark in the child's ru_maxrss (fs/exec.c, exec_mmap; a fork copies it just the same). A wrapped
+    `true` therefore "peaks" at the wrapper's ~9 MiB. Read right after the spawn, this is an upper bound of what
+    was folded in: a child ru_maxrss above it is the command's own.
+    """
+    try:
+        with open(status_path, "rb", buffering=0) as f:
+            data = f.readall()
+    except OSError:
+        return 0
+    start = data.find(b"\nVmHWM:")
+    if start < 0:
+        return 0
+    end = data.find(b"\n", start + 1)
+    fields = data[start + 7 : end if end > 0 else len(data)].split()
+    try:
+        return int(fields[0]) * 1024 if fields and fields[-1] == b"kB" else 0
+    except ValueError:
+        return 0
+
+
 def run(
     argv: Sequence[str],
     env: Mapping[str, str],
     *,
     timeout: float | None = None,
-    kill_after: float = 2.0,
+    kill_after: float | None = 2.0,
     sampler: Sampler | None = None,
 ) -> ChildExit:
-    """Start `argv`, pass signals on, enforce `timeout`, and return once the child has been reaped."""
+    """Start `argv`, pass signals on, enforce `timeout` (SIGTERM, then SIGKILL `kill_after` later unless that is
+    None), and return once the child has been reaped."""
     waited = {_signal.SIGCHLD, *FORWARDED}
     original_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, waited)
     tty = _foreground_tty()
     own_group = tty is None
     try:
         pid = spawn(argv, env, original_mask, own_group)
-        return _supervise(pid, own_group, timeout, kill_after, sampler)
+        spawner_peak = own_peak_rss()  # posix_spawn returns once the child has exec'd
+        child = _supervise(pid, own_group, timeout, kill_after, sampler)
+        child.spawner_peak = spawner_peak
+        return child
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, original_mask)
 
@@ -213,7 +245,7 @@ def _signal_child(pid: int, signo: int, own_group: bool) -> None:
 
 
 def _supervise(
-    pid: int, own_group: bool, timeout: float | None, kill_after: float, sampler: Sampler | None
+    pid: int, own_group: bool, timeout: float | None, kill_after: float | None, sampler: Sampler | None
 ) -> ChildExit:
     waited = {_signal.SIGCHLD, *FORWARDED}
     start = time.monotonic()
@@ -232,7 +264,8 @@ def _supervise(
         now = time.monotonic()
         if term_at is not None and now >= term_at:
             _signal_child(pid, _signal.SIGTERM, True)
-            timed_out, term_at, kill_at = True, None, now + kill_after
+            timed_out, term_at = True, None
+            kill_at = None if kill_after is None else now + kill_after  # None: SIGTERM only (GNU timeout -k 0)
         if kill_at is not None and now >= kill_at:
             _signal_child(pid, _signal.SIGKILL, True)
             killed, kill_at = True, None

@@ -100,7 +100,8 @@ def test_the_patch_bundle_task_of_tekton_dir(rig: Rig, tmp_path: Path) -> None:
     assert_clean(reports, 1)
 
 
-KONFLUX = [("summary/0.4/summary.yaml", "summary", {"pipelinerun-name": "demo", "git-url": "https://x/y", "image-url": "quay.io/x/y:1", "build-task-status": "Succeeded"})]  # fmt: skip
+SUMMARY = {"pipelinerun-name": "demo", "git-url": "https://x/y", "image-url": "quay.io/x/y:1"}
+KONFLUX = [("summary/0.4/summary.yaml", "summary", {**SUMMARY, "build-task-status": "Succeeded"})]
 
 
 @pytest.mark.corpus
