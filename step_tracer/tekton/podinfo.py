@@ -101,9 +101,16 @@ def read(path: str) -> PodInfo | None:
     return info
 
 
+#: Kubernetes caps a pod's annotations at 256 KiB (labels are smaller): anything larger is not the kubelet's.
+MAX_FILE_BYTES = 512 * 1024
+
+
 def _read_text(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", "replace")
+    """Never blocks and never reads more than MAX_FILE_BYTES (ValueError): the volume is the kubelet's, but the
+    directory can be overridden (STEP_TRACER_PODINFO) and the same reader guards the sidecar."""
+    from step_tracer.tekton.spool import read_limited
+
+    return read_limited(path, MAX_FILE_BYTES, follow=True)[0].decode("utf-8", "replace")
 
 
 def parse_map(text: str) -> dict[str, str]:
