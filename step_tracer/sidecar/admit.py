@@ -52,6 +52,10 @@ class Rejected(ValueError):
     """This record is not shipped; the message says why (one line)."""
 
 
+class Orphan(Rejected):
+    """Not a step span, and its parent is no step span seen yet (the parent's record may come later in a pass)."""
+
+
 class Limits:
     __slots__ = ("burst", "rate", "records", "spans_per_step")
 
@@ -164,7 +168,7 @@ class Admission:
         if parent is not None:
             return parent
         if self.steps:
-            raise Rejected("neither a step of this pod nor a child span of one")
+            raise Orphan("neither a step of this pod nor a child span of one")
         return -1
 
     def admit(self, key: str, span: Span) -> tuple[Attributes, Span]:

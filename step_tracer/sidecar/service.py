@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from step_tracer.sidecar import watch
-from step_tracer.sidecar.admit import Rejected, TokenBucket, normalise, positive_number
+from step_tracer.sidecar.admit import Orphan, Rejected, TokenBucket, normalise, positive_number
 from step_tracer.sidecar.install import install_wrapper
 from step_tracer.sidecar.recovery import recover, step_index
 from step_tracer.span import Span
@@ -308,19 +308,26 @@ class Sidecar:
     def cycle(self, *, recover_all: bool) -> str:
         """Ship every `.end`, recover the `.start`s that will never end. "failed" when an export failed,
         "throttled" when the pod's record rate ran out, "again" when the spool changed under us, else "idle"."""
+        refused = self.quarantined
         starts, ends = spool.list_records(self.spool)
-        keys = sorted(ends)
-        for i in range(0, len(keys), BATCH_SIZE):
-            state = self._ship_ends(keys[i : i + BATCH_SIZE])
-            if state != "idle":
-                return state
-        del keys
         for key in list(self.unmatched):
             if key not in starts or key in ends:
                 del self.unmatched[key]
+        # Running steps first: a child span's end names its step's span as parent.
         for key in starts - ends:
             if key not in self.unmatched and self._learn_start(key) == "throttled":
                 return "throttled"
+        keys = sorted(ends)
+        orphans: list[str] = []
+        for i in range(0, len(keys), BATCH_SIZE):
+            state = self._ship_ends(keys[i : i + BATCH_SIZE], orphans)
+            if state != "idle":
+                return state
+        del keys
+        if orphans:  # their step's own end may have come later in this pass; a second refusal is final
+            state = self._ship_ends(orphans, None)
+            if state != "idle":
+                return state
         due = [
             key
             for key, index in self.unmatched.items()
@@ -333,6 +340,8 @@ class Sidecar:
                 return result
             if result == "again":
                 state = "again"
+        if self.quarantined != refused:
+            return "again"  # a refused end leaves its start behind: look at it now, not at the next record
         return state
 
     def _load(self, key: str, suffix: str) -> tuple[Span, int, int] | str:
@@ -382,7 +391,7 @@ class Sidecar:
             self.max_index = index
         return "idle"
 
-    def _admit(self, key: str, suffix: str) -> tuple[Span, ReadableSpan, int, Attributes] | str:
+    def _admit(self, key: str, suffix: str, defer: bool = False) -> tuple[Span, ReadableSpan, int, Attributes] | str:
         loaded = self._load(key, suffix)
         if isinstance(loaded, str):
             return loaded
@@ -396,12 +405,18 @@ class Sidecar:
                 span = recover(normalise(span, time.time_ns()), time.time_ns())
             resource, span = self.admission.admit(key, span)
             readable = self.converter.readable(resource, span)
+        except Orphan as err:
+            if defer:
+                return "orphan"
+            self._quarantine(path, err)
+            return "refused"
         except ValueError as err:  # Rejected, or ids the SDK refuses
             self._quarantine(path, err)
             return "refused"
         return span, readable, size, resource
 
-    def _ship_ends(self, keys: Sequence[str]) -> str:
+    def _ship_ends(self, keys: Sequence[str], orphans: list[str] | None) -> str:
+        """Ship these `.end`s; child spans whose step is not known yet go to `orphans` (None: refuse them)."""
         batch: list[tuple[str, Span, ReadableSpan]] = []
         size = 0
         state = "idle"
@@ -413,10 +428,13 @@ class Sidecar:
                 _say(f"dropping {os.path.basename(path)}: its step was already reported as not observed")
                 self._unlink(path)
                 continue
-            admitted = self._admit(key, spool.END)
+            admitted = self._admit(key, spool.END, defer=orphans is not None)
             if admitted == "throttled":
                 state = "throttled"
                 break
+            if admitted == "orphan" and orphans is not None:
+                orphans.append(key)
+                continue
             if isinstance(admitted, str):
                 continue
             span, readable, record_size, _ = admitted
