@@ -253,7 +253,7 @@ def attributes(items: object, limit: int) -> Attributes:
     return result
 
 
-def normalise(span: Span, now_ns: int) -> Span:
+def normalise(span: Span, now_ns: int, past_ns: int = PAST_NS) -> Span:
     """A copy of `span` that any exporter can encode: ids and times checked (Rejected), strings, attributes and
     events bounded, enums and trace state valid. A start record (end 0) keeps its end 0."""
     if not isinstance(span.name, str):
@@ -261,7 +261,7 @@ def normalise(span: Span, now_ns: int) -> Span:
     trace_id = _hex_id(span.trace_id, 32, "trace id")
     span_id = _hex_id(span.span_id, 16, "span id")
     parent = _hex_id(span.parent_span_id, 16, "parent span id", empty=True)
-    low, high = now_ns - PAST_NS, now_ns + FUTURE_NS
+    low, high = max(now_ns - past_ns, 1), now_ns + FUTURE_NS
     start = _time(span.start_ns, low, high, "start")
     end = span.end_ns
     if end != 0:
