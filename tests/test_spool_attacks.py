@@ -92,7 +92,9 @@ def test_blocking_huge_and_poison_records_are_refused_and_the_others_shipped(
     ]
     for entry in poison:
         raw_record(pod, f"{key()}.end", one_span_line(entry))
-    real = [in_pod(0, "clone"), in_pod(1, "build")]
+    real = [in_pod(0, "clone"), in_pod(1, "build"), in_pod(2, "push")]
+    # Just under the size limit, and as costly to parse as JSON gets: each event is a few small objects.
+    real[2].events = [Event("e", real[2].start_ns, {"a": "b"}) for _ in range(9_500)]
     # Types a record may get wrong without losing its span: they are dropped or replaced, not passed on.
     real[1].attributes["bad.int"] = 2**80
     real[1].attributes["bad.list"] = ["a", 1]  # type: ignore[assignment]
@@ -101,7 +103,7 @@ def test_blocking_huge_and_poison_records_are_refused_and_the_others_shipped(
     for span in real:
         write_step(pod, span)
     with Sidecar(pod, pod_env(pod, http_receiver)) as sidecar:
-        received = http_receiver.wait_for_spans(2, timeout=30)
+        received = http_receiver.wait_for_spans(3, timeout=30)
         sidecar.wait_for_stderr("further ones are only counted")
         peak = peak_rss_mib(sidecar)
         code, took = sidecar.stop()
@@ -110,6 +112,7 @@ def test_blocking_huge_and_poison_records_are_refused_and_the_others_shipped(
     assert peak < LIMIT_MIB, f"sidecar peak RSS {peak:.1f} MiB"
     build = next(s for s in received if s.name == "build")
     assert not {"bad.int", "bad.list", "bad.nested"} & set(build.attributes)
+    assert len(next(s for s in received if s.name == "push").events) == 128
     assert f"{5 + len(poison)} record(s) refused" in sidecar.stderr, sidecar.stderr
     assert sidecar.stderr.count("refused record") == 10  # then only counted
     assert "Traceback" not in sidecar.stderr
