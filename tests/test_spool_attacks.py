@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -348,3 +353,57 @@ def test_sigterm_is_not_held_by_a_fifo_record(pod: Pod, http_receiver: HttpRecei
         sidecar.wait_for_stderr("not a regular file")
         code, took = sidecar.stop(signal.SIGTERM, timeout=20)
     assert code == 0 and took < 6
+
+
+def test_files_the_sidecar_writes_never_write_through_a_planted_symlink(pod: Pod, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    planted = pod.spool / f".ready.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    fd = spool.open_new(str(planted), 0o644)
+    os.write(fd, b"ours")
+    os.close(fd)
+    assert victim.read_text() == "untouched" and not planted.is_symlink()
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to switch UIDs")
+def test_a_step_of_another_uid_cannot_end_or_replace_a_steps_span(http_receiver: HttpReceiver) -> None:
+    assert SETPRIV is not None
+    base = Path(tempfile.mkdtemp(prefix="step-tracer-uids-"))  # pytest's tmp dirs are closed to other UIDs
+    try:
+        base.chmod(0o755)
+        pod = Pod(base)
+        pod.write_podinfo(pod.taskrun_labels())
+        real = in_pod(0, "clone")
+        env = {**pod_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
+
+        def as_uid(uid: int, code: str) -> None:
+            argv = [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", code]
+            subprocess.run(argv, env=env, check=True, timeout=60, cwd="/")
+
+        def writer(function: str, span: Span) -> str:
+            line = json_codec.encode([Batch({}, [span])])
+            return (
+                "from step_tracer.otlp import json_codec; from step_tracer.tekton import spool; "
+                f"b = json_codec.decode({line!r})[0]; spool.{function}({str(pod.spool)!r}, b.resource, b.spans[0])"
+            )
+
+        with Sidecar(pod, env) as sidecar:
+            sidecar.wait_ready()
+            assert stat.S_IMODE(pod.spool.stat().st_mode) == 0o1777
+            as_uid(12345, writer("write_start", as_start(real)))
+            forged = in_pod(0, "clone")
+            forged.span_id, forged.attributes["process.exit.code"] = real.span_id, 99
+            as_uid(23456, writer("write_end", forged))
+            sidecar.wait_for_stderr("written by UID 23456, its start by UID 12345")
+            as_uid(12345, writer("write_end", real))
+            (shipped,) = http_receiver.wait_for_spans(1)
+            pod.wait_empty()
+            assert sidecar.stop()[0] == 0
+        assert shipped.span_id == real.span_id and shipped.attributes["process.exit.code"] == 0
+    finally:
+        shutil.rmtree(base)

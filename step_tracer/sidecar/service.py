@@ -99,7 +99,7 @@ def prepare_spool(path: str) -> None:
 def write_ready(path: str) -> None:
     target = os.path.join(path, paths.READY_FILE)
     tmp = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = spool.open_new(tmp, 0o644)
     try:
         os.write(fd, b"ready\n")
     finally:
@@ -398,7 +398,12 @@ class Sidecar:
         span, owner, size = loaded
         path = spool.record_path(self.spool, key, suffix)
         try:
-            started_by = self.owners.get(key, owner)
+            started_by = self.owners.get(key)
+            if started_by is None:  # its start not looked at yet: its owner is enough
+                try:
+                    started_by = os.lstat(spool.record_path(self.spool, key, spool.START)).st_uid
+                except OSError:
+                    started_by = owner
             if owner != started_by:
                 raise Rejected(f"written by UID {owner}, its start by UID {started_by}")
             if suffix == spool.START:

@@ -54,13 +54,7 @@ def _write(spool_dir: str, name: str, resource: Mapping[str, AttributeValue], sp
     data = (json_codec.encode([Batch(resource, [span])]) + "\n").encode("utf-8", "backslashreplace")
     path = os.path.join(spool_dir, name)
     tmp = os.path.join(spool_dir, "." + name + "." + str(os.getpid()) + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, RECORD_MODE)
-    except FileExistsError:
-        # Left by a killed process that had our pid (pid namespaces restart at 1 in every container).
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, RECORD_MODE)
+    fd = open_new(tmp, RECORD_MODE)
     try:
         try:
             os.fchmod(fd, RECORD_MODE)  # the umask narrowed the mode os.open applied
@@ -80,6 +74,18 @@ def _write(spool_dir: str, name: str, resource: Mapping[str, AttributeValue], sp
             pass
         raise
     return path
+
+
+def open_new(path: str, mode: int) -> int:
+    """A new file at `path` for writing. Whatever is already there is removed, never written through: a step can
+    plant a symlink or FIFO at a predictable temporary name (O_EXCL fails on both)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        # Left by a killed process that had our pid (pid namespaces restart at 1 in every container), or planted.
+        os.unlink(path)
+        return os.open(path, flags, mode)
 
 
 def record_key(name: str) -> tuple[str, str] | None:
