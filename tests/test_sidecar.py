@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,17 @@ import pytest
 from step_tracer.otlp import json_codec
 from step_tracer.sidecar.ready import ready_main
 from tests.otlp_receiver import Blackhole, GrpcReceiver, HttpReceiver, ReceivedSpan, free_port
-from tests.test_sidecar_pod import SIDECAR, Forwarder, Pod, Sidecar, step_span, write_step
+from tests.test_sidecar_pod import (
+    SIDECAR,
+    Forwarder,
+    Pod,
+    Sidecar,
+    as_uid,
+    needs_uids,
+    shared_root,
+    step_span,
+    write_step,
+)
 
 
 @pytest.fixture
@@ -348,17 +356,11 @@ def test_a_missing_wrapper_source_is_one_line_and_the_sidecar_still_serves(
     assert len(lines) == 1 and str(pod.root / "nowhere") in lines[0], sidecar.stderr
 
 
-SETPRIV = shutil.which("setpriv")
-
-
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to switch UIDs")
+@needs_uids
 def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiver: HttpReceiver) -> None:
     """The pod's usual shape: root-owned 0777 emptyDir, steps as one UID, the sidecar as another."""
-    assert SETPRIV is not None
-    base = Path(tempfile.mkdtemp(prefix="step-tracer-sidecar-"))  # pytest's tmp dirs are closed to other UIDs
-    try:
-        base.chmod(0o755)
+    with shared_root("step-tracer-sidecar-") as base:
         pod = Pod(base)
         pod.spool.mkdir(mode=0o777)
         pod.spool.chmod(0o777)
@@ -367,16 +369,11 @@ def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiv
             "import sys; from tests.test_sidecar_pod import Pod, step_span, write_step; from pathlib import Path; "
             f"s = step_span(0); s.span_id = {span.span_id!r}; write_step(Pod(Path(sys.argv[1])), s)"
         )
-        as_step = [SETPRIV, "--reuid=12345", "--regid=12345", "--clear-groups", sys.executable, "-c", write, str(base)]
         env = {**http_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
-        subprocess.run(as_step, env=env, check=True, timeout=60, cwd="/")
+        subprocess.run(as_uid(12345, sys.executable, "-c", write, str(base)), env=env, check=True, timeout=60, cwd="/")
         assert {p.stat().st_uid for p in pod.spool.iterdir()} == {12345}
-        sidecar_argv = [*SIDECAR, "--spool", str(pod.spool)]
         proc = subprocess.Popen(
-            [SETPRIV, "--reuid=23456", "--regid=23456", "--clear-groups", *sidecar_argv],
-            env=env,
-            cwd="/",
-            stderr=subprocess.PIPE,
+            as_uid(23456, *SIDECAR, "--spool", str(pod.spool)), env=env, cwd="/", stderr=subprocess.PIPE
         )
         try:
             assert [s.span_id for s in http_receiver.wait_for_spans(1, timeout=30)] == [span.span_id]
@@ -387,5 +384,3 @@ def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiv
         assert proc.returncode == 0, err
         assert b"cannot" not in err, err
         assert (pod.spool / ".ready").stat().st_uid == 23456
-    finally:
-        shutil.rmtree(base)

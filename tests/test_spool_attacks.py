@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,17 @@ from step_tracer.span import Batch, Event, Span
 from step_tracer.tekton import podinfo, spool
 from tests.conftest import Wrapper
 from tests.otlp_receiver import HttpReceiver
-from tests.test_sidecar_pod import TASKRUN_UID, Pod, Sidecar, as_start, step_span, write_step
+from tests.test_sidecar_pod import (
+    TASKRUN_UID,
+    Pod,
+    Sidecar,
+    as_start,
+    as_uid,
+    needs_uids,
+    shared_root,
+    step_span,
+    write_step,
+)
 
 STEPS = json.dumps([{"name": "clone"}, {"name": "build"}, {"name": "push"}])
 LIMIT_MIB = 64  # the sidecar's memory limit in every pod step-tracer patches
@@ -366,44 +374,33 @@ def test_files_the_sidecar_writes_never_write_through_a_planted_symlink(pod: Pod
     assert victim.read_text() == "untouched" and not planted.is_symlink()
 
 
-SETPRIV = shutil.which("setpriv")
-
-
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to switch UIDs")
+@needs_uids
 def test_a_step_of_another_uid_cannot_end_or_replace_a_steps_span(http_receiver: HttpReceiver) -> None:
-    assert SETPRIV is not None
-    base = Path(tempfile.mkdtemp(prefix="step-tracer-uids-"))  # pytest's tmp dirs are closed to other UIDs
-    try:
-        base.chmod(0o755)
+    with shared_root("step-tracer-uids-") as base:
         pod = Pod(base)
         pod.write_podinfo(pod.taskrun_labels())
         real = in_pod(0, "clone")
         env = {**pod_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
 
-        def as_uid(uid: int, code: str) -> None:
-            argv = [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", code]
-            subprocess.run(argv, env=env, check=True, timeout=60, cwd="/")
-
-        def writer(function: str, span: Span) -> str:
+        def write_as(uid: int, function: str, span: Span) -> None:
             line = json_codec.encode([Batch({}, [span])])
-            return (
+            code = (
                 "from step_tracer.otlp import json_codec; from step_tracer.tekton import spool; "
                 f"b = json_codec.decode({line!r})[0]; spool.{function}({str(pod.spool)!r}, b.resource, b.spans[0])"
             )
+            subprocess.run(as_uid(uid, sys.executable, "-c", code), env=env, check=True, timeout=60, cwd="/")
 
         with Sidecar(pod, env) as sidecar:
             sidecar.wait_ready()
             assert stat.S_IMODE(pod.spool.stat().st_mode) == 0o1777
-            as_uid(12345, writer("write_start", as_start(real)))
+            write_as(12345, "write_start", as_start(real))
             forged = in_pod(0, "clone")
             forged.span_id, forged.attributes["process.exit.code"] = real.span_id, 99
-            as_uid(23456, writer("write_end", forged))
+            write_as(23456, "write_end", forged)
             sidecar.wait_for_stderr("written by UID 23456, its start by UID 12345")
-            as_uid(12345, writer("write_end", real))
+            write_as(12345, "write_end", real)
             (shipped,) = http_receiver.wait_for_spans(1)
             pod.wait_empty()
             assert sidecar.stop()[0] == 0
         assert shipped.span_id == real.span_id and shipped.attributes["process.exit.code"] == 0
-    finally:
-        shutil.rmtree(base)
