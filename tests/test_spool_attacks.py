@@ -185,6 +185,29 @@ def test_records_of_other_steps_or_traces_are_refused_or_marked(pod: Pod, http_r
     assert "neither a step of this pod nor a child span of one" in sidecar.stderr
 
 
+def test_child_spans_found_with_their_step_in_one_pass_are_kept(pod: Pod, http_receiver: HttpReceiver) -> None:
+    """A nested `step-tracer run` writes its start under the step's span; a sidecar that starts late (or a
+    backlog) finds both starts in one listing, in any order (30 children: the step's comes first 1 time in 31)."""
+    step = in_pod(1, "build")
+    write_step(pod, step, end=False)
+    children = [
+        Span("inner", step.trace_id, os.urandom(8).hex(), step.span_id, start_ns=step.start_ns, end_ns=step.end_ns)
+        for _ in range(30)
+    ]
+    for child in children:
+        spool.write_start(str(pod.spool), {}, as_start(child))
+    with Sidecar(pod, pod_env(pod, http_receiver)) as sidecar:
+        sidecar.wait_ready()
+        sidecar.wait_for_stderr("exporting to")
+        for child in children:
+            spool.write_end(str(pod.spool), {}, child)
+        write_step(pod, step, start=False)
+        http_receiver.wait_for_spans(31)
+        pod.wait_empty()
+        assert sidecar.stop()[0] == 0
+    assert "refused" not in sidecar.stderr, sidecar.stderr
+
+
 def test_a_forged_start_with_a_bogus_index_cannot_end_a_real_step(pod: Pod, http_receiver: HttpReceiver) -> None:
     """Before: index 999 made every running step 'earlier', recovered it as step_end_not_observed, and dropped
     its real end when it came."""

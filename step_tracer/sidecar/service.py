@@ -313,9 +313,18 @@ class Sidecar:
         for key in list(self.unmatched):
             if key not in starts or key in ends:
                 del self.unmatched[key]
-        # Running steps first: a child span's end names its step's span as parent.
+        # Running steps first: a child span's end names its step's span as parent. A child's start may come
+        # before its step's in this pass: those are looked at again once the others are known.
+        later: list[str] = []
         for key in starts - ends:
-            if key not in self.unmatched and self._learn_start(key) == "throttled":
+            if key not in self.unmatched:
+                learned = self._learn_start(key, defer=True)
+                if learned == "throttled":
+                    return "throttled"
+                if learned == "orphan":
+                    later.append(key)
+        for key in later:
+            if self._learn_start(key) == "throttled":
                 return "throttled"
         keys = sorted(ends)
         orphans: list[str] = []
@@ -370,7 +379,7 @@ class Sidecar:
             return "refused"
         return span, owner, len(data)
 
-    def _learn_start(self, key: str) -> str:
+    def _learn_start(self, key: str, defer: bool = False) -> str:
         """Remember an unfinished step's index: a later step starting means this one's end will never come."""
         path = spool.record_path(self.spool, key, spool.START)
         if key in self.recovered:
@@ -382,6 +391,11 @@ class Sidecar:
         span, owner, _size = loaded
         try:
             index = self.admission.step_of(normalise(span, time.time_ns()))
+        except Orphan as err:
+            if defer:
+                return "orphan"
+            self._quarantine(path, err)
+            return "refused"
         except Rejected as err:
             self._quarantine(path, err)
             return "refused"
