@@ -320,6 +320,16 @@ def test_admission_bounds_what_a_record_may_choose() -> None:
     assert len(clean.events) == 64 and {e.time_ns for e in clean.events} == {record.start_ns}
 
 
+def test_a_stepaction_span_is_the_step_that_references_it() -> None:
+    """inject wraps a StepAction as step 0 under its own name; STEP_TRACER_STEPS says which step runs it."""
+    steps = [StepInfo("clone", "", ""), StepInfo("fetch", "", "", ref="git-clone")]
+    gate = Admission(steps, "", {}, {}, Limits(), lambda: NOW)
+    resource, _ = gate.admit("k", span(attributes={"tekton.step.index": 0, "tekton.step.name": "git-clone"}))
+    assert resource["k8s.container.name"] == "step-fetch"
+    with pytest.raises(Rejected, match="not 'other'"):
+        gate.admit("k2", span(span_id="d" * 16, attributes={"tekton.step.index": 0, "tekton.step.name": "other"}))
+
+
 def test_a_steps_quota_counts_each_record_once() -> None:
     gate = admission(spans_per_step=2)
     gate.admit("k1", span())
