@@ -126,3 +126,19 @@ def show(file: str | None, trace_id: str | None, last: int | None) -> None:
     path = file or Settings.from_env(os.environ, lambda _msg: None).file_path
     color = show_module.use_color(sys.stdout, os.environ)
     sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=color))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, metavar="[FILES|-]")
+def replay(sources: tuple[str, ...]) -> None:
+    """Export spans the sidecar wrote to its log instead of exporting them.
+
+    At its drain deadline the sidecar writes every span it could not ship to stdout as OTLP JSON lines. Give
+    this the sidecar container's log (`kubectl logs POD -c step-tracer | step-tracer replay -`; `--timestamps`
+    and `--prefix` lines are fine), CRI log files, or spool records; it exports them with the OTEL_* settings.
+    Other lines are skipped and counted. At-least-once: a span the collector accepted just after the sidecar's
+    deadline is sent again with the same ids. Exit 1 when a span could not be exported.
+    """
+    from step_tracer import replay as replay_module
+
+    sys.exit(replay_module.replay(sources or ("-",), os.environ, sys.stderr))

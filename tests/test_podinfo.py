@@ -127,3 +127,42 @@ def test_derived_ids_are_the_uid_and_stable() -> None:
 )
 def test_container_names_follow_tektons_pod_builder(name: str, index: int, expected: str) -> None:
     assert podinfo.container_name(name, index) == expected
+
+
+def _volume(directory: Path, ready: bool) -> None:
+    from tests.tekton_harness import kubelet
+
+    annotations = 'tekton.dev/ready="READY"' if ready else ""
+    files = {"labels": KUBELET_LABELS.encode(), "annotations": annotations.encode(), "name": b"pod-1"}
+    kubelet.write_volume(directory, files)
+
+
+def test_a_kubelet_update_while_reading_gives_the_whole_pod_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 200-TaskRun test's lost spans: the kubelet swaps the volume (the tekton.dev/ready annotation) as the
+    first step starts; a read racing the swap resolved `..data` to the old directory just as it was deleted,
+    found no labels, and the step's span went to a new trace with no TaskRun span. The race is injected here:
+    the swap happens inside the first read, which then fails as the racing open did."""
+    _volume(tmp_path, ready=False)
+    real_read = podinfo._read_text
+    raced: list[str] = []
+
+    def racing_read(path: str) -> str:
+        if not raced:
+            raced.append(path)
+            _volume(tmp_path, ready=True)  # new ..data, old directory deleted
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_read(path)
+
+    monkeypatch.setattr(podinfo, "_read_text", racing_read)
+    info = podinfo.read(str(tmp_path))
+    assert raced and info is not None
+    assert info.taskrun_uid == "8c1f2a8e-5b7d-4c1e-9f00-123456789abc"
+    assert (info.name, info.annotations) == ("pod-1", {"tekton.dev/ready": "READY"})
+
+
+def test_a_plain_directory_is_read_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "labels").write_text(KUBELET_LABELS)
+    info = podinfo.read(str(tmp_path))
+    assert info is not None and info.labels["tekton.dev/task"] == "go-build" and info.annotations == {}

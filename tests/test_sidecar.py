@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from step_tracer.otlp import json_codec
 from step_tracer.sidecar.ready import ready_main
 from tests.otlp_receiver import Blackhole, GrpcReceiver, HttpReceiver, ReceivedSpan, free_port
-from tests.test_sidecar_pod import SIDECAR, Forwarder, Pod, Sidecar, step_span, write_step
+from tests.test_sidecar_pod import (
+    SIDECAR,
+    Forwarder,
+    Pod,
+    Sidecar,
+    as_uid,
+    needs_uids,
+    shared_root,
+    step_span,
+    write_step,
+)
 
 
 @pytest.fixture
@@ -36,15 +45,15 @@ def test_finished_steps_are_shipped_enriched_and_deleted(pod: Pod, http_receiver
     steps = '[{"name":"build","image":"registry/build:1","onError":"continue"},{"name":"test","image":"registry/t:2"}]'
     env = http_env(pod, http_receiver, K8S_NODE_NAME="node-7", STEP_TRACER_STEPS=steps)
     pod.spool.mkdir()
-    written = [step_span(0, name="build", exit_code=3), step_span(1, name="test"), step_span(2, name="extra")]
+    written = [step_span(0, name="build", exit_code=3), step_span(1, name="test")]
     for span in written:
         write_step(pod, span)
     with Sidecar(pod, env) as sidecar:
         sidecar.wait_ready()
-        received = http_receiver.wait_for_spans(3)
+        received = http_receiver.wait_for_spans(2)
         pod.wait_empty()
         assert sidecar.stop()[0] == 0
-    assert len(http_receiver.spans) == 3
+    assert len(http_receiver.spans) == 2
     got = by_index(received)
     for original in written:
         shipped = got[int(str(original.attributes["tekton.step.index"]))]
@@ -60,7 +69,6 @@ def test_finished_steps_are_shipped_enriched_and_deleted(pod: Pod, http_receiver
     assert got[0].attributes["error.type"] == "exit_code_3"
     assert got[1].attributes["tekton.step.image"] == "registry/t:2"
     assert "tekton.step.on_error" not in got[1].attributes
-    assert "tekton.step.image" not in got[2].attributes  # no entry for index 2
 
 
 def test_unsampled_steps_are_deleted_unshipped(pod: Pod, http_receiver: HttpReceiver) -> None:
@@ -192,7 +200,8 @@ def test_a_hanging_collector_cannot_hold_the_drain_past_its_deadline(
     env = http_env(pod, target, STEP_TRACER_DRAIN_DEADLINE="2", OTEL_EXPORTER_OTLP_TIMEOUT="60000")
     with Sidecar(pod, env) as sidecar:
         sidecar.wait_ready()
-        write_step(pod, step_span(0))
+        span = step_span(0)
+        write_step(pod, span)
         if collector == "blackhole":
             blackhole.wait_for_connections(1)
         else:
@@ -200,11 +209,13 @@ def test_a_hanging_collector_cannot_hold_the_drain_past_its_deadline(
         code, took = sidecar.stop()
     assert code == 0
     assert took < 10, f"drain took {took:.1f}s with a 2s deadline"
-    assert "drain deadline (2s) reached with 1 finished" in sidecar.stderr
-    assert len(pod.records()[1]) == 1  # never acknowledged, so never deleted
+    assert "drain deadline (2s) reached: 0 span(s) shipped" in sidecar.stderr
+    assert "1 written to stdout as OTLP JSON lines" in sidecar.stderr
+    assert [s.span_id for b in json_codec.decode(sidecar.stdout.decode()) for s in b.spans] == [span.span_id]
+    assert pod.records() == (set(), set())  # handed to the log pipeline instead
 
 
-def test_an_exporter_that_cannot_work_keeps_the_records(pod: Pod) -> None:
+def test_an_exporter_that_cannot_work_keeps_the_records_until_the_drain_writes_them_out(pod: Pod) -> None:
     env = pod.env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
         STEP_TRACER_DRAIN_DEADLINE="1",
@@ -212,10 +223,12 @@ def test_an_exporter_that_cannot_work_keeps_the_records(pod: Pod) -> None:
     )
     with Sidecar(pod, env) as sidecar:
         sidecar.wait_ready()
-        write_step(pod, step_span(0))
+        span = step_span(0)
+        write_step(pod, span)
         sidecar.wait_for_stderr("cannot export")
+        assert len(pod.records()[1]) == 1
         assert sidecar.stop()[0] == 0
-    assert len(pod.records()[1]) == 1
+    assert [s.span_id for b in json_codec.decode(sidecar.stdout.decode()) for s in b.spans] == [span.span_id]
 
 
 def test_otel_traces_exporter_none_discards(pod: Pod) -> None:
@@ -256,7 +269,8 @@ def test_an_unreadable_record_is_set_aside_and_the_rest_shipped(pod: Pod, http_r
         pod.wait_empty()
         assert sidecar.stop()[0] == 0
     assert (pod.spool / f".{bad.name}.bad").exists()
-    assert sidecar.stderr.count("unreadable record") == 1
+    assert sidecar.stderr.count("refused record") == 1
+    assert "1 record(s) refused" in sidecar.stderr
 
 
 # -- readiness -----------------------------------------------------------------------------------------------
@@ -268,7 +282,7 @@ def test_readiness_follows_the_ready_file(pod: Pod, http_receiver: HttpReceiver)
     assert subprocess.run(probe, env=pod.env(), timeout=60).returncode == 1
     with Sidecar(pod, http_env(pod, http_receiver)) as sidecar:
         sidecar.wait_ready()
-        assert stat.S_IMODE(pod.spool.stat().st_mode) == 0o777
+        assert stat.S_IMODE(pod.spool.stat().st_mode) == 0o1777  # sticky: the sidecar may set it here
         assert ready_main(["--ready", "--spool", str(pod.spool)]) == 0
         assert ready_main(["--ready", f"--spool={pod.spool}"]) == 0
         assert subprocess.run(probe, env=pod.env(), timeout=60).returncode == 0
@@ -342,17 +356,11 @@ def test_a_missing_wrapper_source_is_one_line_and_the_sidecar_still_serves(
     assert len(lines) == 1 and str(pod.root / "nowhere") in lines[0], sidecar.stderr
 
 
-SETPRIV = shutil.which("setpriv")
-
-
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to switch UIDs")
+@needs_uids
 def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiver: HttpReceiver) -> None:
     """The pod's usual shape: root-owned 0777 emptyDir, steps as one UID, the sidecar as another."""
-    assert SETPRIV is not None
-    base = Path(tempfile.mkdtemp(prefix="step-tracer-sidecar-"))  # pytest's tmp dirs are closed to other UIDs
-    try:
-        base.chmod(0o755)
+    with shared_root("step-tracer-sidecar-") as base:
         pod = Pod(base)
         pod.spool.mkdir(mode=0o777)
         pod.spool.chmod(0o777)
@@ -361,16 +369,11 @@ def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiv
             "import sys; from tests.test_sidecar_pod import Pod, step_span, write_step; from pathlib import Path; "
             f"s = step_span(0); s.span_id = {span.span_id!r}; write_step(Pod(Path(sys.argv[1])), s)"
         )
-        as_step = [SETPRIV, "--reuid=12345", "--regid=12345", "--clear-groups", sys.executable, "-c", write, str(base)]
         env = {**http_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
-        subprocess.run(as_step, env=env, check=True, timeout=60, cwd="/")
+        subprocess.run(as_uid(12345, sys.executable, "-c", write, str(base)), env=env, check=True, timeout=60, cwd="/")
         assert {p.stat().st_uid for p in pod.spool.iterdir()} == {12345}
-        sidecar_argv = [*SIDECAR, "--spool", str(pod.spool)]
         proc = subprocess.Popen(
-            [SETPRIV, "--reuid=23456", "--regid=23456", "--clear-groups", *sidecar_argv],
-            env=env,
-            cwd="/",
-            stderr=subprocess.PIPE,
+            as_uid(23456, *SIDECAR, "--spool", str(pod.spool)), env=env, cwd="/", stderr=subprocess.PIPE
         )
         try:
             assert [s.span_id for s in http_receiver.wait_for_spans(1, timeout=30)] == [span.span_id]
@@ -381,5 +384,3 @@ def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiv
         assert proc.returncode == 0, err
         assert b"cannot" not in err, err
         assert (pod.spool / ".ready").stat().st_uid == 23456
-    finally:
-        shutil.rmtree(base)

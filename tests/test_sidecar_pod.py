@@ -6,15 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+import pytest
 
 from step_tracer.context import SpanContext
 from step_tracer.span import STATUS_ERROR, Span
@@ -24,6 +29,27 @@ LAUNCHER = Path(sys.executable).parent / "step-tracer"
 SIDECAR = [str(LAUNCHER), "sidecar"]
 TASKRUN_UID = "0f6a2c3e-5b1d-4e7a-9c2b-8d4f6e1a3b5c"
 RESOURCE = {"service.name": "step-tracer", "k8s.namespace.name": "ci", "k8s.pod.name": "build-pod"}
+
+
+SETPRIV = shutil.which("setpriv")
+#: Tests that run steps and the sidecar as different UIDs, as pods do.
+needs_uids = pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to switch UIDs")
+
+
+def as_uid(uid: int, *argv: str) -> list[str]:
+    assert SETPRIV is not None
+    return [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+
+
+@contextlib.contextmanager
+def shared_root(prefix: str) -> Iterator[Path]:
+    """A directory other UIDs can reach (pytest's tmp dirs are closed to them), removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -80,13 +80,13 @@ def make_copy(span: Span, *, end_ns: int) -> Span:
     )
 
 
-def test_files_are_0666_whatever_the_umask_and_no_temporary_file_remains(tmp_path: Path) -> None:
+def test_files_are_0644_whatever_the_umask_and_no_temporary_file_remains(tmp_path: Path) -> None:
     old = os.umask(0o077)
     try:
         path = spool.write_end(str(tmp_path), RESOURCE, make_span())
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert os.listdir(tmp_path) == [Path(path).name]
 
 
@@ -231,7 +231,7 @@ def check_other_uids(directory: Path) -> None:
     assert written.returncode == 0, written.stderr
     path = Path(written.stdout.strip())
     info = path.stat()
-    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (12345, 0o666)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (12345, 0o644)
     read_and_delete = (
         "import os, sys; from step_tracer.tekton import spool; "
         "print(spool.read_record(sys.argv[1])[1].name); os.unlink(sys.argv[1])"

@@ -146,6 +146,8 @@ def decode(line: str) -> list[Batch]:
                         )
                     )
             batches.append(Batch(resource, spans))
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit: never a real request
+        raise ValueError("not an OTLP JSON trace request: nested too deeply") from None
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"not an OTLP JSON trace request: {err}") from err
     return batches

@@ -40,7 +40,12 @@ def sidecar(spool_dir: str, check_ready: bool, install_dir: str | None, wrapper_
     standalone TaskRun's span context from the Kubernetes API (needs `get` on taskruns.tekton.dev), then writes
     SPOOL/.ready. Then exports each finished step span (OTEL_EXPORTER_OTLP_* settings; protocol grpc or
     http/protobuf) and deletes it once the collector accepted it. On SIGTERM it ships what is left, reporting
-    steps that never finished, within STEP_TRACER_DRAIN_DEADLINE seconds (default 10), and exits 0.
+    steps that never finished, within STEP_TRACER_DRAIN_DEADLINE seconds (default 10), writes what is still
+    unshipped to stdout as OTLP JSON lines (see `step-tracer replay`), and exits 0.
+
+    Records are untrusted (README, "Security model"): identity comes from the sidecar, and
+    STEP_TRACER_MAX_RECORDS (10000), STEP_TRACER_RECORD_RATE (200/s) and STEP_TRACER_MAX_SPANS_PER_STEP (100)
+    bound what one pod sends.
 
     Other environment: K8S_NODE_NAME (resource k8s.node.name), STEP_TRACER_STEPS (JSON list of the Task's steps:
     name, image, onError), STEP_TRACER_PODINFO (pod info directory), STEP_TRACER_DEBUG=1 (more detail).

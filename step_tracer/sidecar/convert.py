@@ -31,12 +31,13 @@ _SCOPE = InstrumentationScope(SCOPE_NAME, __version__)
 class StepInfo:
     """Per step index, from the patcher's STEP_TRACER_STEPS: what a step's wrapper cannot see about itself."""
 
-    __slots__ = ("image", "name", "on_error")
+    __slots__ = ("image", "name", "on_error", "ref")
 
-    def __init__(self, name: str, image: str, on_error: str) -> None:
+    def __init__(self, name: str, image: str, on_error: str, ref: str = "") -> None:
         self.name = name
         self.image = image
         self.on_error = on_error
+        self.ref = ref  # the StepAction a `ref` step runs: its wrapper reports that name, at index 0
 
 
 def parse_steps(text: str, warn: Callable[[str], None]) -> list[StepInfo]:
@@ -58,7 +59,12 @@ def parse_steps(text: str, warn: Callable[[str], None]) -> list[StepInfo]:
     for item in items:
         entry = item if isinstance(item, dict) else {}
         steps.append(
-            StepInfo(str(entry.get("name") or ""), str(entry.get("image") or ""), str(entry.get("onError") or ""))
+            StepInfo(
+                str(entry.get("name") or ""),
+                str(entry.get("image") or ""),
+                str(entry.get("onError") or ""),
+                str(entry.get("ref") or ""),
+            )
         )
     return steps
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from step_tracer import context
+from step_tracer.tekton.spool import open_new
 
 GROUP = "tekton.dev"
 VERSIONS = ("v1", "v1beta1")
@@ -50,7 +51,7 @@ def write_carrier(path: str, carrier: dict[str, str]) -> None:
     """Atomically, readable by the steps' UIDs (the wrapper reads it at every step start)."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     data = json.dumps(carrier, separators=(",", ":")).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = open_new(tmp, 0o644)
     try:
         os.fchmod(fd, 0o644)
         os.write(fd, data)

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 
 from step_tracer.span import STATUS_ERROR, Span
 from step_tracer.tekton import podinfo
-from step_tracer.tekton.paths import STATUS_CONTEXT_FILE
+from step_tracer.tekton.paths import MAX_STATUS_CONTEXT_BYTES, STATUS_CONTEXT_FILE
+from step_tracer.tekton.spool import read_limited
 
 if TYPE_CHECKING:
+    from step_tracer.context import SpanContext
     from step_tracer.span import AttributeValue
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -38,11 +40,17 @@ def annotation_context(info: podinfo.PodInfo | None) -> bool:
 
 def status_context(spool: str) -> bool:
     """Did the sidecar read the TaskRun's status.spanContext (case 3)?"""
+    return status_span_context(spool) is not None
+
+
+def status_span_context(spool: str) -> SpanContext | None:
+    """The context in `<spool>/taskrun-context.json`; None when absent, not a regular file, too large or invalid
+    (a step can write the spool: the read never blocks and is bounded)."""
     try:
-        with open(os.path.join(spool, STATUS_CONTEXT_FILE), encoding="utf-8", errors="replace") as f:
-            return podinfo.carrier_context(f.read()) is not None
+        data = read_limited(os.path.join(spool, STATUS_CONTEXT_FILE), MAX_STATUS_CONTEXT_BYTES)[0]
+        return podinfo.carrier_context(data.decode("utf-8", "replace"))
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def resolve_status_context(
@@ -100,6 +108,10 @@ class TaskRunSpan:
         self.info = info
         self.spool = spool
         self.derived = podinfo.derived_context(info.taskrun_uid) if info is not None and info.taskrun_uid else None
+        # Decided once, before any step ran: a step that writes taskrun-context.json later cannot take the
+        # TaskRun span away (nor move the pod's trace, see `pod_trace`).
+        self.status = status_span_context(spool) if info is not None else None
+        self.tekton_owns = annotation_context(info) or self.status is not None
         self.earliest_ns = started_ns
         self.steps = 0
         self.children = 0
@@ -118,12 +130,29 @@ class TaskRunSpan:
             error_type = span.attributes.get("error.type") or result or "step_failed"
             self.failure = (str(error_type), f"step {span.name} ended with {result or 'an error'}")
 
+    def pod_trace(self) -> str:
+        """The trace every step span of this pod belongs to ("" when the sidecar cannot know it): Tekton's
+        (annotation or TaskRun status, read before any step ran) or the one derived from the TaskRun UID."""
+        info = self.info
+        if info is not None:
+            text = info.annotations.get(podinfo.SPAN_CONTEXT_ANNOTATION, "")
+            try:
+                found = podinfo.carrier_context(text) if text else None
+            except ValueError:
+                found = None
+            if found is not None:
+                return found.trace_id
+        found = self.status
+        if found is not None:
+            return found.trace_id
+        return self.derived.trace_id if self.derived is not None else ""
+
     def build(
         self, end_ns: int, resource: Mapping[str, AttributeValue]
     ) -> tuple[dict[str, AttributeValue], Span] | None:
         """(resource, span) of the TaskRun span, or None when the TaskRun span is not the sidecar's to emit."""
         derived, info = self.derived, self.info
-        if derived is None or info is None or annotation_context(info) or status_context(self.spool):
+        if derived is None or info is None or self.tekton_owns:
             return None
         if self.steps and not self.children:
             return None

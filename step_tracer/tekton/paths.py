@@ -15,6 +15,8 @@ PODINFO_DIR = "/step-tracer/podinfo"
 #: In the spool: the context the sidecar read from a standalone TaskRun's status, and its readiness mark.
 STATUS_CONTEXT_FILE = "taskrun-context.json"
 READY_FILE = ".ready"
+#: A span-context carrier is a traceparent and a tracestate (at most 512 characters by W3C): far below this.
+MAX_STATUS_CONTEXT_BYTES = 64 * 1024
 
 #: Overrides for odd layouts and for tests, which cannot mount at /step-tracer.
 SPOOL_ENV = "STEP_TRACER_SPOOL"

@@ -79,11 +79,41 @@ class PodInfo:
         return attrs
 
 
+#: How often `read` starts over when the kubelet replaced the volume's contents while it read them.
+READ_ATTEMPTS = 5
+
+
 def read(path: str) -> PodInfo | None:
     """The pod info under `path`, or None when it is not a Downward API volume of ours (no labels file).
 
+    The kubelet updates the volume (the `tekton.dev/ready` annotation arrives about when the first step starts)
+    by writing a new timestamped directory, swapping the `..data` symlink to it and deleting the old one. A
+    reader going through `labels -> ..data/labels` at that moment can resolve the old directory and find it
+    gone: the step's span then lost its TaskRun (a new trace, and no TaskRun span). So the files are read from
+    the directory `..data` names, and read again when `..data` changed meanwhile.
+
     Raises ValueError on a file that is not in the kubelet's format, OSError when unreadable.
     """
+    data_link = os.path.join(path, "..data")
+    for _attempt in range(READ_ATTEMPTS - 1):
+        try:
+            snapshot = os.readlink(data_link)
+        except OSError:
+            return _read_files(path)  # a plain directory: nothing swaps under us
+        try:
+            info = _read_files(os.path.join(path, snapshot))
+        except FileNotFoundError:
+            info = None
+        try:
+            unchanged = os.readlink(data_link) == snapshot
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return info if info is not None else _read_files(path)
+    return _read_files(path)
+
+
+def _read_files(path: str) -> PodInfo | None:
     try:
         labels_text = _read_text(os.path.join(path, "labels"))
     except FileNotFoundError:
@@ -101,9 +131,16 @@ def read(path: str) -> PodInfo | None:
     return info
 
 
+#: Kubernetes caps a pod's annotations at 256 KiB (labels are smaller): anything larger is not the kubelet's.
+MAX_FILE_BYTES = 512 * 1024
+
+
 def _read_text(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", "replace")
+    """Never blocks and never reads more than MAX_FILE_BYTES (ValueError): the volume is the kubelet's, but the
+    directory can be overridden (STEP_TRACER_PODINFO) and the same reader guards the sidecar."""
+    from step_tracer.tekton.spool import read_limited
+
+    return read_limited(path, MAX_FILE_BYTES, follow=True)[0].decode("utf-8", "replace")
 
 
 def parse_map(text: str) -> dict[str, str]:

@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 
 START = ".start"
 END = ".end"
-#: Steps and the sidecar may run as different UIDs: every record must be deletable and readable by any of them.
-RECORD_MODE = 0o666
+#: Steps and the sidecar may run as different UIDs: the sidecar must read every record (it deletes them through
+#: the directory's permissions), but no other step's UID may rewrite one in place.
+RECORD_MODE = 0o644
+#: The largest record the sidecar reads (README, "Security model"); a step span is a few KiB, `--record-args`
+#: of a long command line a few hundred.
+MAX_RECORD_BYTES = 1 << 20
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -48,13 +54,7 @@ def _write(spool_dir: str, name: str, resource: Mapping[str, AttributeValue], sp
     data = (json_codec.encode([Batch(resource, [span])]) + "\n").encode("utf-8", "backslashreplace")
     path = os.path.join(spool_dir, name)
     tmp = os.path.join(spool_dir, "." + name + "." + str(os.getpid()) + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, RECORD_MODE)
-    except FileExistsError:
-        # Left by a killed process that had our pid (pid namespaces restart at 1 in every container).
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, RECORD_MODE)
+    fd = open_new(tmp, RECORD_MODE)
     try:
         try:
             os.fchmod(fd, RECORD_MODE)  # the umask narrowed the mode os.open applied
@@ -74,6 +74,18 @@ def _write(spool_dir: str, name: str, resource: Mapping[str, AttributeValue], sp
             pass
         raise
     return path
+
+
+def open_new(path: str, mode: int) -> int:
+    """A new file at `path` for writing. Whatever is already there is removed, never written through: a step can
+    plant a symlink or FIFO at a predictable temporary name (O_EXCL fails on both)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        # Left by a killed process that had our pid (pid namespaces restart at 1 in every container), or planted.
+        os.unlink(path)
+        return os.open(path, flags, mode)
 
 
 def record_key(name: str) -> tuple[str, str] | None:
@@ -118,8 +130,49 @@ def parse_record(text: str) -> tuple[Attributes, Span]:
     return spans[0]
 
 
-def read_record(path: str) -> tuple[Attributes, Span]:
-    """(resource, span) of the record at `path`. Raises OSError (FileNotFoundError once shipped) or ValueError."""
-    with open(path, "rb") as f:
-        text = f.read().decode("utf-8", "replace")
-    return parse_record(text)
+def read_limited(path: str, limit: int, *, follow: bool = False) -> tuple[bytes, int]:
+    """(contents, owner uid) of the regular file at `path`, never blocking and never more than `limit` bytes.
+
+    Anything a step can put in a shared directory is untrusted: a FIFO would block a plain open() or read()
+    forever, a symlink to /dev/zero would never end, a large file would exhaust memory. So: O_NONBLOCK (a FIFO
+    opens at once and is then refused), O_NOFOLLOW unless `follow` (Downward API files are the kubelet's
+    symlinks), regular files only (checked on the open descriptor), and at most `limit` + 1 bytes read.
+    Raises OSError (FileNotFoundError when absent) or ValueError for a file that is not acceptable.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        status = os.fstat(fd)
+        if status.st_mode & _S_IFMT != _S_IFREG:
+            raise ValueError("not a regular file")
+        if status.st_size > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        chunks = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(limit + 1 - total, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        return b"".join(chunks), status.st_uid
+    finally:
+        os.close(fd)
+
+
+def read_owned_record(path: str, limit: int = MAX_RECORD_BYTES) -> tuple[Attributes, Span, int]:
+    """(resource, span, owner uid) of the record at `path`. Raises OSError (FileNotFoundError once shipped) or
+    ValueError (not a regular file, too large, not one OTLP JSON span)."""
+    data, owner = read_limited(path, limit)
+    resource, span = parse_record(data.decode("utf-8", "replace"))
+    return resource, span, owner
+
+
+def read_record(path: str, limit: int = MAX_RECORD_BYTES) -> tuple[Attributes, Span]:
+    """(resource, span) of the record at `path`; see `read_owned_record`."""
+    resource, span, _owner = read_owned_record(path, limit)
+    return resource, span

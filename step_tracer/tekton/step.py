@@ -70,14 +70,7 @@ def place(
                 return placement
     if placement.spool is not None:
         path = os.path.join(placement.spool, paths.STATUS_CONTEXT_FILE)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except FileNotFoundError:
-            text = ""
-        except OSError as err:
-            warn(f"ignoring {path}: {err.strerror}")
-            text = ""
+        text = read_status_context(path, warn)
         if text:
             parent = _carrier(text, path, warn)
             if parent is not None:
@@ -86,6 +79,23 @@ def place(
     if info is not None and info.taskrun_uid:
         placement.parent, placement.source = podinfo.derived_context(info.taskrun_uid), "taskrun-uid"
     return placement
+
+
+def read_status_context(path: str, warn: Callable[[str], None]) -> str:
+    """The sidecar's `taskrun-context.json`, or "" when absent or not acceptable (one warning). Any step can write
+    the spool, so this is untrusted: a FIFO, a symlink or a huge file in its place means no context, never a
+    step that hangs or runs out of memory before its command starts."""
+    from step_tracer.tekton.spool import read_limited
+
+    try:
+        return read_limited(path, paths.MAX_STATUS_CONTEXT_BYTES)[0].decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        warn(f"ignoring {path}: {err.strerror}")
+    except ValueError as err:
+        warn(f"ignoring {path}: {err}")
+    return ""
 
 
 def _carrier(text: str, where: str, warn: Callable[[str], None]) -> context.SpanContext | None:
