@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from tests.registry import (
     DOCKER_LAYER,
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    RawClient,
     RegistryServer,
     docker_config,
     go_gzip,
@@ -410,7 +414,20 @@ def test_oci_bundle_with_a_raw_yaml_layer(registry: RegistryServer, tmp_path: Pa
         b"# built by hand\napiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: raw\n"
         b"spec:\n  steps:\n    - name: s\n      image: alpine\n      script: echo raw\n"
     )
-    layer = gzip.compress(text)
+    client = registry.raw()
+    push_raw_bundle(client, "raw/bundle", gzip.compress(text), "raw")
+    result = run(tmp_path, f"{registry.host}/raw/bundle:v1", f"{registry.host}/raw/bundle:traced")
+    assert result.returncode == 0, result.stderr
+    pushed = pull_bundle(client, "raw/bundle", "traced")
+    assert pushed.media_type == DOCKER_MANIFEST
+    (content,) = pushed.contents
+    assert content.decode() == patch_text(text.decode(), InjectOptions()).text
+    assert content.startswith(b"# built by hand\n")
+    assert pushed.raw_manifest == tkn_bundle_of_yaml(pushed.contents, "raw")
+
+
+def push_raw_bundle(client: RawClient, repo: str, layer: bytes, name: str) -> None:
+    """An OCI bundle of one layer as other tools push it: `repo:v1`, the layer annotated as Task `name`."""
     config = b"{}"
     manifest = json.dumps(
         {
@@ -425,24 +442,57 @@ def test_oci_bundle_with_a_raw_yaml_layer(registry: RegistryServer, tmp_path: Pa
                     "annotations": {
                         "dev.tekton.image.apiVersion": "v1",
                         "dev.tekton.image.kind": "task",
-                        "dev.tekton.image.name": "raw",
+                        "dev.tekton.image.name": name,
                     },
                 }
             ],
         }
     ).encode()
+    client.put_blob(repo, layer)
+    client.put_blob(repo, config)
+    client.put_manifest(repo, "v1", manifest, OCI_MANIFEST)
+
+
+def _symlink_layer() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        member = tarfile.TarInfo("t")
+        member.type, member.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(member)
+    return gzip.compress(out.getvalue())
+
+
+def _alias_bomb() -> bytes:
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return ("apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: t\n" + "\n".join(lines) + "\n").encode()
+
+
+def _gzip_bomb() -> bytes:
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join(deflate.compress(b"\0" * (1 << 20)) for _ in range(1024)) + deflate.flush()  # 1 GiB of zeros
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (_gzip_bomb, f"layer larger than {16 << 20} bytes once decompressed; refused"),
+        (_symlink_layer, "tar entry 't' is a symlink, not a regular file; refused"),
+        (lambda: gzip.compress(_alias_bomb()), "YAML aliases expand to more than 100000 extra nodes"),
+        (lambda: gzip.compress(b"[" * 100_000), "JSON nested deeper than 200 levels"),
+    ],
+    ids=["gzip-bomb", "symlink", "alias-bomb", "deep-json"],
+)
+def test_hostile_layers_are_refused_in_one_line(
+    registry: RegistryServer, tmp_path: Path, layer: Callable[[], bytes], message: str
+) -> None:
     client = registry.raw()
-    client.put_blob("raw/bundle", layer)
-    client.put_blob("raw/bundle", config)
-    client.put_manifest("raw/bundle", "v1", manifest, OCI_MANIFEST)
-    result = run(tmp_path, f"{registry.host}/raw/bundle:v1", f"{registry.host}/raw/bundle:traced")
-    assert result.returncode == 0, result.stderr
-    pushed = pull_bundle(client, "raw/bundle", "traced")
-    assert pushed.media_type == DOCKER_MANIFEST
-    (content,) = pushed.contents
-    assert content.decode() == patch_text(text.decode(), InjectOptions()).text
-    assert content.startswith(b"# built by hand\n")
-    assert pushed.raw_manifest == tkn_bundle_of_yaml(pushed.contents, "raw")
+    push_raw_bundle(client, "hostile/bundle", layer(), "t")
+    result = run(tmp_path, f"{registry.host}/hostile/bundle:v1", f"{registry.host}/hostile/bundle:traced")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert f"{registry.host}/hostile/bundle:v1 layer 0" in result.stderr and message in result.stderr
+    assert "traced" not in client.tags("hostile/bundle")
 
 
 def tkn_bundle_of_yaml(contents: list[bytes], name: str) -> bytes:

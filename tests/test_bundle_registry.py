@@ -16,8 +16,10 @@ import pytest
 from step_tracer.bundle.auth import Credentials, find_credentials
 from step_tracer.bundle.registry import (
     DOCKER_MANIFEST,
+    OCI_MANIFEST,
     AuthError,
     CredentialLookup,
+    Manifest,
     NotFoundError,
     Registry,
     RegistryError,
@@ -293,3 +295,9 @@ def test_blob_content_must_match_its_digest() -> None:
         client = Registry(registry.host, credentials=no_credentials)
         with pytest.raises(RegistryError, match="content does not match its digest"):
             client.get_blob("x/y", sha256_digest(b"the real content"))
+
+
+def test_deep_json_from_a_registry_is_one_error_not_a_traceback() -> None:
+    deep = b"[" * 100_000
+    with pytest.raises(RegistryError, match=r"^manifest sha256:x is not JSON \(or nests too deep\)$"):
+        Manifest(OCI_MANIFEST, deep, "sha256:x").json()

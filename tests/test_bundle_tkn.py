@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from typing import Any
 
 import pytest
@@ -188,3 +189,62 @@ def test_reusable_blob_only_for_exact_tkn_layers() -> None:
     assert tkn.reusable_blob(blob, tkn.DOCKER_LAYER, "b", content) is None
     assert tkn.reusable_blob(blob, tkn.DOCKER_LAYER, "a", content + b" ") is None
     assert tkn.reusable_blob(blob, "application/vnd.oci.image.layer.v1.tar+gzip", "a", content) is None
+
+
+def gzip_bomb(size: int) -> bytes:
+    """`size` zero bytes, gzipped (about 1 KiB per MiB): a layer that is small to pull and huge to hold."""
+    chunk = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [chunk.compress(b"\0" * (1 << 20)) for _ in range(size >> 20)]
+    return b"".join(out) + chunk.flush()
+
+
+def test_decompression_stops_at_the_layer_cap() -> None:
+    bomb = gzip_bomb(1 << 30)  # 1 GiB of zeros in about 1 MiB
+    assert len(bomb) < 1100 << 10
+    with pytest.raises(tkn.BundleError) as caught:
+        tkn.layer_content(bomb, "reg/b layer 0")
+    assert (
+        str(caught.value) == f"reg/b layer 0: layer larger than {tkn.MAX_LAYER_BYTES} bytes once decompressed; refused"
+    )
+    assert tkn.reusable_blob(bomb, tkn.DOCKER_LAYER, "a", b"") is None
+    # At the cap exactly is still a layer; gzip members in a row are one stream, as gzip(1) and Go read them.
+    assert len(tkn.uncompressed(gzip_bomb(tkn.MAX_LAYER_BYTES), "l")) == tkn.MAX_LAYER_BYTES
+    assert tkn.uncompressed(gzip.compress(b"kind: ") + gzip.compress(b"Task\n"), "l") == b"kind: Task\n"
+    with pytest.raises(tkn.BundleError, match="broken gzip"):
+        tkn.uncompressed(gzip.compress(b"kind: Task\n")[:-12], "l")
+    with pytest.raises(tkn.BundleError, match="broken gzip"):
+        tkn.uncompressed(b"\x1f\x8b\x08\x00garbage", "l")
+
+
+def tar_of(member: tarfile.TarInfo, content: bytes = b"") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        member.size = len(content)
+        tar.addfile(member, io.BytesIO(content) if member.isreg() else None)
+    return out.getvalue()
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, link
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (entry("t", tarfile.SYMTYPE, "/etc/shadow"), "tar entry 't' is a symlink, not a regular file; refused"),
+        (entry("t", tarfile.LNKTYPE, "other"), "tar entry 't' is a hardlink, not a regular file; refused"),
+        (entry("t", tarfile.CHRTYPE), "tar entry 't' is a device, not a regular file; refused"),
+        (entry("t", tarfile.DIRTYPE), "tar entry 't' is a directory, not a regular file; refused"),
+        (entry("t", tarfile.FIFOTYPE), "tar entry 't' is a FIFO, not a regular file; refused"),
+        (entry("/abs/t"), "tar entry '/abs/t' has an absolute or '..' name; refused"),
+        (entry("../t"), "tar entry '../t' has an absolute or '..' name; refused"),
+    ],
+    ids=["symlink", "hardlink", "device", "directory", "fifo", "absolute", "dotdot"],
+)
+def test_tar_entries_that_are_not_plain_relative_files_are_refused(member: tarfile.TarInfo, message: str) -> None:
+    layer = go_gzip(tar_of(member, b'{"kind":"Task"}' if member.isreg() else b""))
+    with pytest.raises(tkn.BundleError) as caught:
+        tkn.layer_content(layer, "reg/b layer 0")
+    assert str(caught.value) == f"reg/b layer 0: {message}"

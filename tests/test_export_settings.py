@@ -131,6 +131,13 @@ def test_invalid_protocol_warns_and_uses_http_protobuf() -> None:
             "http://t:2/x",
         ),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1]:4318"}, "http://[::1]:4318/v1/traces"),
+        # The signal path goes on the path, before the query (some gateways take a tenant or key there).
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://gw.example/otlp?tenant=a"},
+            "https://gw.example/otlp/v1/traces?tenant=a",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://gw.example/?k=v&w=x"}, "https://gw.example/v1/traces?k=v&w=x"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318?x=1"}, "http://c:4318/v1/traces?x=1"),
     ],
 )
 def test_http_endpoint_resolution(env: dict[str, str], expected: str) -> None:
@@ -375,6 +382,17 @@ def test_every_bad_variable_warns_exactly_once_and_nothing_raises() -> None:
 )
 def test_redact(url: str, expected: str) -> None:
     assert redact(url) == expected
+
+
+def test_repr_shows_no_credentials() -> None:
+    settings, _ = load(
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://tenant:s3cr3t-pw@gw.example/otlp?api_key=s3cr3t-key",
+        OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20s3cr3t-token,x-scope=s3cr3t-scope",
+    )
+    assert settings.endpoint == "https://tenant:s3cr3t-pw@gw.example/otlp/v1/traces?api_key=s3cr3t-key"
+    text = repr(settings)
+    assert "s3cr3t" not in text and "tenant" not in text and "Authorization" not in text, text
+    assert "endpoint='https://***@gw.example/otlp/v1/traces?***'" in text and "headers=<2 set>" in text
 
 
 def test_hot_path_modules_import_nothing_expensive() -> None:

@@ -106,3 +106,47 @@ def test_otlp_settings_from_a_configmap_and_the_secret_winning() -> None:
         {"configMapRef": {"name": "otel-endpoint", "optional": True}},
         {"secretRef": {"name": "otel-token", "optional": True}},
     ]
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """The "billion laughs": each anchor a list of ten aliases of the one before, 10**levels nodes once expanded."""
+    lines = ["    l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"]
+    lines += [f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, levels)]
+    header = "  name: bomb\n  annotations:\n" + "".join(lines)
+    return TASK.replace("  name: hello  # a comment that must survive\n", header)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (alias_bomb(), "YAML aliases expand to more than 100000 extra nodes"),
+        (TASK + "  params: &p\n    - *p\n", "a YAML alias refers to a node that contains it"),
+        ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 300)), "YAML nested deeper than 200 levels"),
+        ("[" * 5000 + "]" * 5000, "JSON nested deeper than 200 levels"),
+        ('{"a": ' * 300 + "1" + "}" * 300, "JSON nested deeper than 200 levels"),
+    ],
+    ids=["alias-bomb", "recursive-alias", "deep-yaml", "deep-json-recursion", "deep-json"],
+)
+def test_hostile_documents_are_refused_in_one_line_and_the_others_patched(
+    tmp_path: Path, task_file: Path, text: str, message: str
+) -> None:
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text(text)
+    done = inject(str(hostile), str(task_file))
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {hostile}: {errors[0].partition(': ')[2].partition(': ')[2]}"], done.stderr
+    assert message in errors[0] and "Traceback" not in done.stderr
+    assert hostile.read_text() == text
+    assert "/step-tracer/bin/step-tracer" in task_file.read_text()  # the other file was still patched
+
+
+def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    labels = "  labels: &labels\n    app: x\n  annotations: *labels\n"
+    path.write_text(TASK.replace("  name: hello  # a comment that must survive\n", "  name: hello\n" + labels))
+    done = inject(str(path))
+    assert done.returncode == 0, done.stderr
+    patched = YAML(typ="safe").load(path.read_text())
+    assert patched["metadata"]["annotations"] == {"app": "x"}
+    assert "/step-tracer/bin/step-tracer" in path.read_text()

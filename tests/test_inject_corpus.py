@@ -16,6 +16,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from step_tracer.inject import InjectOptions, PatchResult, patch_text, validate_document
+from tests.pod_security import container_violations, pod_violations, task_pod_spec
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "konflux-build-definitions"
 W = "/step-tracer/bin/step-tracer"
@@ -86,6 +87,21 @@ def test_corpus_has_tasks_pipelines_and_stepactions(run: Run) -> None:
     kinds = Counter(d.get("kind") for f in run.files for d in f.before if isinstance(d, Mapping))
     assert kinds["Task"] > 100 and kinds["Pipeline"] > 20 and kinds["StepAction"] > 0
     assert len(run.files) > 150
+
+
+def test_no_patched_task_breaks_pod_security_restricted(run: Run) -> None:
+    """Our sidecar is restricted on its own, and a Task's pod has no restricted violation it did not have before."""
+    tasks = 0
+    for f in run.files:
+        for before, after in zip(f.before, f.after, strict=True):
+            if not isinstance(after, Mapping) or after.get("kind") != "Task":
+                continue
+            ours = [s for s in after["spec"].get("sidecars") or [] if s["name"] == "step-tracer"]
+            assert len(ours) == 1 and container_violations("step-tracer", ours[0], {}) == [], f.path
+            old, new = pod_violations(task_pod_spec(before["spec"])), pod_violations(task_pod_spec(after["spec"]))
+            assert set(new) <= set(old), (f.path, set(new) - set(old))
+            tasks += 1
+    assert tasks > 100
 
 
 def test_every_resource_patches_validates_and_is_idempotent(run: Run) -> None:

@@ -97,6 +97,14 @@ def sidecars(resources_key: str = "computeResources", steps_json: str = "[]") ->
             - --spool
             - /step-tracer/spool
         periodSeconds: 1
+      securityContext:
+        runAsNonRoot: true
+        allowPrivilegeEscalation: false
+        capabilities:
+          drop:
+            - ALL
+        seccompProfile:
+          type: RuntimeDefault
 """
 
 

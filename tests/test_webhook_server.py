@@ -29,7 +29,7 @@ import trustme
 
 from step_tracer.webhook.cli import cluster_version, use_native_sidecar
 from step_tracer.webhook.mutate import SIDECAR_CONTAINER, WebhookOptions
-from step_tracer.webhook.server import Metrics, WebhookServer
+from step_tracer.webhook.server import MAX_BODY, WORKERS, Limits, Metrics, WebhookServer
 from step_tracer.webhook.tls import ReloadingContext
 from tests.webhook_pods import apply_patch, build_pod, review
 
@@ -49,13 +49,13 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 class Webhook:
     """A WebhookServer on an ephemeral port, serving from its own thread."""
 
-    def __init__(self, tmp_path: Path, options: WebhookOptions | Any = None) -> None:
+    def __init__(self, tmp_path: Path, options: WebhookOptions | Any = None, limits: Limits | None = None) -> None:
         self.ca = trustme.CA()
         self.cert, self.key = tmp_path / "tls.crt", tmp_path / "tls.key"
         write_leaf(self.ca, self.cert, self.key)
         self.tls = ReloadingContext(str(self.cert), str(self.key))
         self.metrics = Metrics()
-        self.server = WebhookServer(("127.0.0.1", 0), self.tls, options or WebhookOptions(), self.metrics)
+        self.server = WebhookServer(("127.0.0.1", 0), self.tls, options or WebhookOptions(), self.metrics, limits)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -452,3 +452,103 @@ def test_the_manifests_agree_with_the_code_and_each_other() -> None:
     patch = (DEPLOY / "cert-manager" / "kustomization.yaml").read_text()
     certificate_ref = f"{certificate['metadata']['namespace']}/{certificate['metadata']['name']}"
     assert f"cert-manager.io/inject-ca-from: {certificate_ref}" in patch
+
+
+# Attacks on the transport: each must be contained (bounded memory and threads) while valid reviews still pass.
+
+
+def tls_socket(webhook: Webhook) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", webhook.server.port), timeout=30)
+    return client_context(webhook.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's own timeout bounds the wait)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data
+
+
+def test_a_body_larger_than_any_pod_is_refused_unread(webhook: Webhook) -> None:
+    sock = tls_socket(webhook)
+    sock.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (15 << 20))
+    sock.sendall(b"{" * 65536)  # the start of the 15 MiB: answered without waiting for the rest
+    answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in answer
+    assert f"at most {MAX_BODY}".encode() in answer
+    assert post(webhook.connect(), review(tekton_pod(), uid="after"))["response"]["uid"] == "after"
+    assert MAX_BODY >= 3 << 20  # the API server's own limit on a request body: any pod it admits fits
+
+
+def test_a_pod_at_the_api_servers_limit_is_still_reviewed(webhook: Webhook) -> None:
+    pod = tekton_pod()
+    pod["metadata"]["annotations"]["big"] = "x" * ((3 << 20) - (64 << 10))
+    answer = post(webhook.connect(), review(pod, uid="big"))
+    assert answer["response"]["uid"] == "big" and answer["response"]["patch"]
+
+
+def test_slowloris_and_idle_connections_are_closed_and_reviews_go_on(tmp_path: Path) -> None:
+    server = Webhook(tmp_path, limits=Limits(request_timeout=0.5, idle_timeout=0.5, handshake_timeout=0.5))
+    try:
+        slow = tls_socket(server)
+        slow.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Le")  # and nothing more
+        idle = tls_socket(server)  # handshake done, no request
+        silent = socket.create_connection(("127.0.0.1", server.server.port), timeout=30)  # no handshake
+        answer = post(server.connect(), review(tekton_pod(), uid="during"))
+        assert answer["response"]["uid"] == "during"
+        assert closed_by_server(slow) == b"" and closed_by_server(idle) == b"" and closed_by_server(silent) == b""
+        assert metric(server, 'errors_total{kind="timeout"}') == 1
+        assert metric(server, 'errors_total{kind="idle"}') >= 1  # the idle one, maybe the review's connection too
+        assert metric(server, 'errors_total{kind="tls"}') == 1
+    finally:
+        server.close()
+
+
+def test_300_idle_tls_connections_make_no_threads_and_do_not_lock_out_the_api_server(webhook: Webhook) -> None:
+    threads = threading.active_count()
+    idle = [tls_socket(webhook) for _ in range(300)]
+    try:
+        assert threading.active_count() <= threads + WORKERS
+        # Past the cap the connections that waited longest were closed, and a new client (the API server) is served.
+        answer = post(webhook.connect(), review(tekton_pod(), uid="still"))
+        assert answer["response"]["uid"] == "still"
+        assert metric(webhook, 'errors_total{kind="evicted"}') >= 300 - webhook.server.limits.max_connections
+        assert closed_by_server(idle[0]) == b""  # the oldest
+        assert threading.active_count() <= threads + WORKERS
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+        (b"POST /mutate HTTP/1.1\r\nX: " + b"a" * (70 << 10) + b"\r\n\r\n", 431),
+        (b"BREW /mutate HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"POST /mutate\r\n\r\n", 400),
+        (b"POST /mutate HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    ],
+    ids=["chunked", "huge-headers", "method", "request-line", "two-lengths"],
+)
+def test_odd_http_is_refused_with_one_status(webhook: Webhook, head: bytes, status: int) -> None:
+    sock = tls_socket(webhook)
+    sock.sendall(head)
+    answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
+    assert post(webhook.connect(), review(tekton_pod(), uid="after"))["response"]["uid"] == "after"
+
+
+def test_an_internal_error_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = Webhook(tmp_path, _BrokenOptions())
+    try:
+        post(server.connect(), review(tekton_pod(), uid="u"))
+    finally:
+        server.close()
+    (record,) = [r for r in caplog.records if "failed; allowed unchanged" in r.getMessage()]
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert "RuntimeError: boom at " in record.getMessage()

@@ -177,6 +177,59 @@ def test_redaction() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["curl", "-H", "Authorization: Bearer s3", "--header", "X-Api-Key: s3", "-H", "Accept: a/b", "https://h"],
+            ["curl", "-H", "Authorization: ***", "--header", "X-Api-Key: ***", "-H", "Accept: a/b", "https://h"],
+        ),
+        (
+            [
+                "curl",
+                "--header=Cookie: s=s3",
+                "-HAuthorization: s3",
+                "-u",
+                "me:s3",
+                "-ume:s3",
+                "--user=me:s3",
+                "-u",
+                "me",
+            ],
+            [
+                "curl",
+                "--header=Cookie: ***",
+                "-HAuthorization: ***",
+                "-u",
+                "me:***",
+                "-ume:***",
+                "--user=me:***",
+                "-u",
+                "me",
+            ],
+        ),
+        (["mysql", "-p", "s3", "-h", "db"], ["mysql", "-p", "***", "-h", "db"]),
+        (
+            ["t", "--pass", "s3", "--password=s3", "-pass", "pass:s3", "-token=s3", "--db-pw", "s3", "--passthrough"],
+            ["t", "--pass", "***", "--password=***", "-pass", "***", "-token=***", "--db-pw", "***", "--passthrough"],
+        ),
+        (
+            ["sh", "-c", "TOKEN=s3 make all && curl -H 'Authorization: Bearer s3' -u u:s3 https://a:s3@h/x; echo ok"],
+            ["sh", "-c", "TOKEN=*** make all && curl -H 'Authorization: ***' -u u:*** https://a:***@h/x; echo ok"],
+        ),
+        (["/bin/bash", "-ec", 'export API_KEY="s3 s3";make -j2'], ["/bin/bash", "-ec", "export API_KEY=***;make -j2"]),
+        # A flag at the end of one shell command does not take the next command as its value.
+        (["sh", "-c", "mysql -p; echo x"], ["sh", "-c", "mysql -p; echo x"]),
+        (["go", "test", "-parallel", "4", "./..."], ["go", "test", "-parallel", "4", "./..."]),
+        (["git", "-c", "user.password=s3", "push"], ["git", "-c", "user.password=***", "push"]),
+    ],
+    ids=["headers", "users", "p", "long-flags", "sh-c", "bash-ec", "sh-separator", "unrelated", "not-a-shell"],
+)
+def test_redaction_masks_only_the_value(argv: list[str], expected: list[str]) -> None:
+    assert redact(argv) == expected
+    assert not any("s3" in a for a in redact(argv))
+
+
 def _opts(*argv: str) -> options.RunOptions:
     return options.parse([*argv, "--", "true"])
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from step_tracer.bundle import reference, tkn
 from step_tracer.bundle.progress import Progress
-from step_tracer.bundle.registry import INDEXES, CredentialLookup, Registry, sha256_digest
+from step_tracer.bundle.registry import INDEXES, MAX_CONFIG_BYTES, CredentialLookup, Registry, sha256_digest
 from step_tracer.inject import InjectError, InjectOptions, Note, StepReport, patch_text, validate_bundle
 from step_tracer.inject.documents import parse as parse_document
 
@@ -123,14 +123,14 @@ def patch_bundle(
     config_desc = data.get("config")
     if not isinstance(config_desc, dict) or not isinstance(config_desc.get("digest"), str):
         raise tkn.BundleError(f"{src}: manifest has no config")
-    config_raw = src_reg.get_blob(src_ref.repository, config_desc["digest"])
+    config_raw = src_reg.get_blob(src_ref.repository, config_desc["digest"], max_bytes=MAX_CONFIG_BYTES)
     progress.advance("pulled config")
 
     def fetch(desc: Mapping[str, Any]) -> bytes:
         digest = desc.get("digest")
         if not isinstance(digest, str):
             raise tkn.BundleError(f"{src}: a layer has no digest")
-        blob = src_reg.get_blob(src_ref.repository, digest)
+        blob = src_reg.get_blob(src_ref.repository, digest, max_bytes=tkn.MAX_LAYER_BYTES)
         progress.advance(f"pulled layer {digest[7:19]}")
         return blob
 
@@ -246,7 +246,7 @@ def _labels(config_desc: Mapping[str, Any], raw: bytes) -> dict[str, str]:
         return {}
     try:
         config = json.loads(raw)
-    except ValueError:
-        raise tkn.BundleError("the bundle's image config is not JSON") from None
+    except (ValueError, RecursionError):
+        raise tkn.BundleError("the bundle's image config is not JSON (or nests too deep)") from None
     inner = config.get("config") if isinstance(config, dict) else None
     return _string_map(inner.get("Labels") if isinstance(inner, dict) else None)

@@ -35,6 +35,7 @@ MANIFEST_TYPES = (*IMAGE_MANIFESTS, *INDEXES)
 
 MAX_MANIFEST_BYTES = 4 << 20  # what distribution accepts
 MAX_BLOB_BYTES = 64 << 20  # bundle layers and image configs are tiny; a bound keeps a bad registry harmless
+MAX_CONFIG_BYTES = 8 << 20  # an image config: what Tekton's entrypoint lookup and `bundle patch` read of one
 DEFAULT_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
 
@@ -68,7 +69,10 @@ class Manifest:
     digest: str
 
     def json(self) -> dict[str, Any]:
-        data = json.loads(self.raw)
+        try:
+            data = json.loads(self.raw)
+        except (ValueError, RecursionError):
+            raise RegistryError(f"manifest {self.digest} is not JSON (or nests too deep)") from None
         if not isinstance(data, dict):
             raise RegistryError(f"manifest {self.digest} is not a JSON object")
         return data
@@ -100,7 +104,7 @@ def _error_text(body: bytes) -> str:
             return "; ".join(
                 f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)
             )
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     text = body[:200].decode("utf-8", "replace").strip()
     return text.splitlines()[0] if text else ""
@@ -154,7 +158,7 @@ class Registry:
         media_type = resp.headers.get("content-type", "").partition(";")[0].strip()
         try:
             declared = json.loads(resp.body).get("mediaType")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise RegistryError(f"manifest {self.registry}/{repository}:{reference} is not JSON") from None
         if isinstance(declared, str) and declared:
             media_type = declared
@@ -373,7 +377,7 @@ class Registry:
         try:
             data = json.loads(resp.body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what}: token server {realm} sent no token")

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from step_tracer.bundle import reference
-from step_tracer.bundle.registry import INDEXES, CredentialLookup, Manifest, Registry, RegistryError
+from step_tracer.bundle.registry import (
+    INDEXES,
+    MAX_CONFIG_BYTES,
+    CredentialLookup,
+    Manifest,
+    Registry,
+    RegistryError,
+)
 from step_tracer.bundle.tkn import IMAGE_CONFIGS
 from step_tracer.inject import Resolver
-
-MAX_CONFIG_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,8 @@ class EntrypointLookup:
         raw = registry.get_blob(repository, config["digest"], max_bytes=MAX_CONFIG_BYTES)
         try:
             cfg = json.loads(raw)
-        except ValueError:
-            raise RegistryError(f"{image}: image config is not JSON") from None
+        except (ValueError, RecursionError):
+            raise RegistryError(f"{image}: image config is not JSON (or nests too deep)") from None
         inner = cfg.get("config") if isinstance(cfg, dict) else None
         inner = inner if isinstance(inner, dict) else {}
         plat = "/".join(str(cfg.get(k) or "") for k in ("os", "architecture")) if isinstance(cfg, dict) else ""

@@ -21,7 +21,6 @@ it is no tar), looked up by the kind and name annotations.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -44,6 +43,9 @@ ANNOTATION_API_VERSION = "dev.tekton.image.apiVersion"
 ANNOTATION_KIND = "dev.tekton.image.kind"
 ANNOTATION_NAME = "dev.tekton.image.name"
 MAX_OBJECTS = 20  # tektoncd/pipeline pkg/remote/oci MaximumBundleObjects
+# A layer holds one Tekton object, which the API server stores in etcd (at most 1.5 MiB a request): 16 MiB,
+# compressed or not, is room to spare, and the bound that keeps a gzip bomb from exhausting memory.
+MAX_LAYER_BYTES = 16 << 20
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how Go marshals an unset time.Time (the history entries)
 _BLOCK = 512
@@ -270,8 +272,8 @@ def reusable_blob(blob: bytes, media_type: str, name: str, content: bytes) -> by
     if media_type != DOCKER_LAYER or not blob.startswith(_GZIP_MAGIC):
         return None
     try:
-        return blob if gzip.decompress(blob) == tar_entry(name, content) else None
-    except (OSError, EOFError, BundleError):
+        return blob if uncompressed(blob, name) == tar_entry(name, content) else None
+    except BundleError:
         return None
 
 
@@ -325,29 +327,60 @@ def check_manifest(manifest: Mapping[str, Any], media_type: str, where: str) -> 
     return layers
 
 
-def uncompressed(blob: bytes, where: str) -> bytes:
-    if blob.startswith(_GZIP_MAGIC):
-        try:
-            return gzip.decompress(blob)
-        except (OSError, EOFError) as exc:
-            raise BundleError(f"{where}: broken gzip: {exc}") from None
+def uncompressed(blob: bytes, where: str, limit: int = MAX_LAYER_BYTES) -> bytes:
+    """The layer's bytes, gunzipped (every gzip member) without ever holding more than `limit` of them."""
     if blob.startswith(_ZSTD_MAGIC):
         raise BundleError(f"{where}: zstd-compressed layers are not supported")
-    return blob
+    if not blob.startswith(_GZIP_MAGIC):
+        return blob
+    out = bytearray()
+    rest = blob
+    try:
+        while rest:
+            member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += member.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                raise BundleError(f"{where}: layer larger than {limit} bytes once decompressed; refused")
+            if not member.eof:
+                raise BundleError(f"{where}: broken gzip: truncated stream")
+            rest = member.unused_data.lstrip(b"\0")  # Go and gzip(1) may pad after the last member
+    except zlib.error as exc:
+        raise BundleError(f"{where}: broken gzip: {exc}") from None
+    return bytes(out)
 
 
 def layer_content(blob: bytes, where: str) -> bytes:
-    """The first tar entry's bytes, else the raw layer (both are what Tekton's resolver accepts)."""
+    """The first tar entry's bytes, else the raw layer (both are what Tekton's resolver accepts).
+
+    The entry must be a regular file with a relative name without `..`: a link, device or directory has no
+    object to read (and a link would be followed to another entry or outside the archive).
+    """
     data = uncompressed(blob, where)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             member = tar.next()
             if member is None:
                 raise tarfile.ReadError("empty archive")
+            _check_member(member, where)
             extracted = tar.extractfile(member)
             return extracted.read() if extracted is not None else b""
     except tarfile.TarError:
         return data
+
+
+def _check_member(member: tarfile.TarInfo, where: str) -> None:
+    name = member.name
+    if not member.isreg():
+        kinds = (
+            (member.issym, "symlink"),
+            (member.islnk, "hardlink"),
+            (member.isfifo, "FIFO"),
+            (member.isdev, "device"),
+        )
+        kind = next((k for test, k in (*kinds, (member.isdir, "directory")) if test()), "special file")
+        raise BundleError(f"{where}: tar entry {name!r} is a {kind}, not a regular file; refused")
+    if name.startswith("/") or ".." in name.split("/"):
+        raise BundleError(f"{where}: tar entry {name!r} has an absolute or '..' name; refused")
 
 
 def read_layers(

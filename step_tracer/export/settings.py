@@ -88,10 +88,11 @@ class Settings:
         self.deadline = deadline
 
     def __repr__(self) -> str:
-        # Header values are credentials more often than not: never print them.
+        # Headers are credentials more often than not, and so are the endpoint's user:password@ and query: a
+        # repr ends up in logs and tracebacks, so it shows neither (only how many headers are set).
         return (
-            f"Settings(exporters={self.exporters}, protocol={self.protocol!r}, endpoint={self.endpoint!r}, "
-            f"headers={sorted(self.headers)}, timeout={self.timeout}, deadline={self.deadline}, "
+            f"Settings(exporters={self.exporters}, protocol={self.protocol!r}, endpoint={redact(self.endpoint)!r}, "
+            f"headers=<{len(self.headers)} set>, timeout={self.timeout}, deadline={self.deadline}, "
             f"file_path={self.file_path!r}, disabled={self.disabled})"
         )
 
@@ -223,7 +224,7 @@ class _Reader:
             name, raw, url = _T + "ENDPOINT", traces, traces
         elif generic is not None:
             name, raw = _P + "ENDPOINT", generic
-            url = generic if grpc else generic.rstrip("/") + "/v1/traces"
+            url = generic if grpc else _traces_url(generic)
         else:
             return default
         problem = _endpoint_problem(url, grpc)
@@ -304,6 +305,12 @@ def redact(url: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return scheme + sep + authority + slash + path + ("?***" if question else "")
+
+
+def _traces_url(generic: str) -> str:
+    """The spec's signal path appended to OTEL_EXPORTER_OTLP_ENDPOINT's path, before any query string."""
+    base, question, query = generic.partition("?")
+    return base.rstrip("/") + "/v1/traces" + question + query
 
 
 def _split_scheme(url: str) -> tuple[str, str]:

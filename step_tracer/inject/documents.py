@@ -55,18 +55,86 @@ class Stream:
     json_layout: JsonLayout | None = None
 
 
+# Bounds on what a document may expand to: a YAML alias bomb ("billion laughs": ten aliases of ten aliases of ...)
+# is a few hundred bytes that expand to billions of nodes, and every later walk (planning, validation, the
+# check of the patched text) would spin on it. Aliases may add MAX_ALIAS_NODES nodes to a document; nesting
+# (aliases expanded) may go MAX_DEPTH levels deep, far beyond any Kubernetes object and well inside Python's
+# recursion limit for the recursive walks that follow.
+MAX_ALIAS_NODES = 100_000
+MAX_DEPTH = 200
+
+
 def parse(text: str, source: str, fmt: Format = "auto") -> Stream:
     bom = _BOM if text.startswith(_BOM) else ""
     body = text[len(bom) :]
     if fmt == "json" or (fmt == "auto" and body.lstrip()[:1] in ("{", "[")):
         try:
             data = json.loads(body)
+        except RecursionError:
+            raise ParseError([Problem(Location(source), f"JSON nested deeper than {MAX_DEPTH} levels")]) from None
         except ValueError as exc:
             if fmt == "json":
                 raise ParseError([Problem(Location(source), f"invalid JSON: {exc}")]) from None
         else:
+            if _data_depth(data) > MAX_DEPTH:
+                raise ParseError([Problem(Location(source), f"JSON nested deeper than {MAX_DEPTH} levels")])
             return Stream("json", body, bom, [data], json_layout=_json_layout(body))
     return _parse_yaml(body, bom, source)
+
+
+def _data_depth(data: Any) -> int:
+    """How deep plain JSON data nests, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
+
+
+def _node_children(node: Node) -> list[Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_expansion(root: Node) -> str:
+    """Why the document under `root` is refused (alias bomb, recursive alias, too deep), or "".
+
+    Sizes and depths with every alias expanded, computed once per node (aliases share their node), iteratively.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded node count, depth)
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            children = [done[id(c)] for c in _node_children(node)]
+            size = 1 + sum(c[0] for c in children)
+            depth = 1 + max((c[1] for c in children), default=0)
+            on_path.discard(key)
+            done[key] = (size, depth)
+            if size - len(done) > MAX_ALIAS_NODES:
+                return f"YAML aliases expand to more than {MAX_ALIAS_NODES} extra nodes (an alias bomb?); refused"
+            if depth > MAX_DEPTH:
+                return f"YAML nested deeper than {MAX_DEPTH} levels (aliases expanded); refused"
+        elif key in done:
+            continue
+        elif key in on_path:
+            return "a YAML alias refers to a node that contains it (a recursive structure); refused"
+        else:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _node_children(node) if id(c) not in done)
+    return ""
 
 
 # LibYAML's parser, when PyYAML was built with it: the pure-Python parsers spend ~40x longer on a Konflux-sized
@@ -97,6 +165,10 @@ def _construct(node: Node) -> Any:
 def _parse_yaml(body: str, bom: str, source: str) -> Stream:
     try:
         nodes: list[Node | None] = list(yaml.compose_all(body, Loader=_Loader))
+        for node in nodes:
+            problem = "" if node is None else check_expansion(node)
+            if problem:
+                raise ParseError([Problem(Location(source), problem)])
         docs = [None if n is None else _construct(n) for n in nodes]
     except yaml.YAMLError as exc:
         raise ParseError([Problem(Location(source), f"invalid YAML: {exc}")]) from None

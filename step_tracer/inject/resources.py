@@ -137,6 +137,20 @@ def sidecar(options: InjectOptions, api_version: str, steps: Any = None) -> dict
             "exec": {"command": ["step-tracer", "sidecar", "--ready", "--spool", SPOOL_DIR]},
             "periodSeconds": 1,
         },
+        "securityContext": sidecar_security_context(),
+    }
+
+
+def sidecar_security_context() -> dict[str, Any]:
+    """All the Pod Security `restricted` profile asks of a container, so the sidecar never makes a compliant pod
+    non-compliant. The sidecar only writes emptyDirs and talks to the network. runAsNonRoot without runAsUser:
+    the image's USER (65532) satisfies it, and OpenShift's restricted SCC can still pick the UID; a custom
+    --sidecar-image must run as a numeric non-root USER too."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 

@@ -32,7 +32,7 @@ def validate_resource(res: Mapping[str, Any], source: str) -> list[Problem]:
     """Problems of one Task, Pipeline or StepAction; other kinds have none."""
     api_version, kind, spec = res.get("apiVersion"), res.get("kind"), res.get("spec")
     loc = Location(source, resource_label(res))
-    if not isinstance(spec, Mapping):
+    if not isinstance(spec, Mapping) or not isinstance(api_version, str):  # `apiVersion: [..]` is no Tekton's
         return []
     if kind == "Task" and api_version in TASK_API_VERSIONS:
         return _task_spec(spec, loc)

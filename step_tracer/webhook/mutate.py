@@ -163,16 +163,6 @@ def pod_sidecar(options: WebhookOptions, steps: list[dict[str, str]], *, native:
     # The v1beta1 form uses Kubernetes' own field name `resources` (v1 Tasks call it `computeResources`).
     container = sidecar(options.inject, "tekton.dev/v1beta1", steps)
     container["name"] = SIDECAR_CONTAINER
-    # Harmless for the sidecar (it only writes emptyDirs and talks to the network), and all PodSecurity
-    # "restricted" asks of a container but runAsNonRoot, which only the pod (or the image's user) can promise.
-    container.setdefault(
-        "securityContext",
-        {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    )
     if native:
         container["restartPolicy"] = "Always"
         # The kubelet starts the next containers only once a native sidecar's startup probe passes: no step can
