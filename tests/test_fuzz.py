@@ -19,14 +19,8 @@ from tests.fuzz.targets import TARGETS, run
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "tests" / "fuzz"
 
-# Found by the fuzzer (or by the issue) in the spool/sidecar part, which is fixed there: file -> why it fails.
-KNOWN = {
-    "otlp_json/deep-nesting": "json_codec.decode lets json's RecursionError out (issue 15: poison records)",
-    "spool_record/deep-nesting": "the sidecar's record reader lets RecursionError out (issue 15: poison records)",
-    "spool_record/trace-state-not-a-string": (
-        "a non-string traceState reaches TraceState.from_header: AttributeError escapes the quarantine (issue 15)"
-    ),
-}
+# Crashes the fuzzer found that are not fixed yet: file -> why it fails (empty: every one found is fixed).
+KNOWN: dict[str, str] = {}
 
 
 def _cases(kind: str) -> list[object]:
@@ -60,14 +54,7 @@ HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
 @pytest.mark.skipif(not HAVE_ATHERIS, reason="atheris is not installed (pip install atheris)")
 @pytest.mark.parametrize(
     "target",
-    [
-        pytest.param(
-            name, marks=[pytest.mark.xfail(strict=False, reason=KNOWN["spool_record/trace-state-not-a-string"])]
-        )
-        if name == "spool_record"
-        else name
-        for name in TARGETS
-    ],
+    list(TARGETS),
 )
 def test_a_short_fuzzing_run_finds_nothing(target: str, tmp_path: Path) -> None:
     """A few thousand coverage-guided inputs per target, from the seeds: enough to catch a parser regression."""

@@ -28,13 +28,17 @@ def otlp_json(data: bytes) -> None:
 
 
 def spool_record(data: bytes) -> None:
-    """A spool record as the sidecar reads and converts one: only OSError/ValueError, which it quarantines."""
+    """A spool record as the sidecar reads, admits and converts one: only OSError/ValueError (Rejected is one),
+    which it quarantines."""
+    from step_tracer.sidecar.admit import Admission, Limits
     from step_tracer.sidecar.convert import Converter, StepInfo
     from step_tracer.tekton import spool
 
+    steps = [StepInfo("build", "alpine", "continue")]
     with contextlib.suppress(OSError, ValueError):
-        resource, span = spool.parse_record(_text(data))
-        Converter("node-1", [StepInfo("build", "alpine", "continue")]).readable(resource, span)
+        _claimed, span = spool.parse_record(_text(data))
+        resource, admitted = Admission(steps, "", {}, {"service.name": "step-tracer"}, Limits()).admit("k", span)
+        Converter("node-1", steps).readable(resource, admitted)
 
 
 def admission_review(data: bytes) -> None:
