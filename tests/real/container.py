@@ -98,7 +98,9 @@ def build_root(spec: dict[str, Any]) -> str:
     bind("/sys", inside("/sys"), readonly=True, recursive=True)
     os.makedirs(inside("/tmp"), exist_ok=True)
     os.chmod(inside("/tmp"), 0o1777)
-    for m in spec["mounts"]:
+    # Parents before children, as containerd orders a container's mounts: /workspace must not hide
+    # /workspace/output mounted before it.
+    for m in sorted(spec["mounts"], key=lambda m: len([p for p in m["target"].split("/") if p])):
         target = inside(m["target"])
         make_target(target, m.get("file", False))
         bind(m["source"], target, bool(m.get("readonly")))

@@ -186,7 +186,7 @@ class Rig:
             default_image=self.default,
             secrets={OTLP_SECRET: self.otlp_env},
             grace_seconds=grace_seconds,
-            claims=claims,
+            claims=self._claims(claims, scratch),
         )
         runner.run(timeout)
         files_seen: dict[str, str] = {}
@@ -194,10 +194,20 @@ class Rig:
             name = volume["name"]
             if ("emptyDir" in volume or "persistentVolumeClaim" in volume) and not name.startswith(UNCOMPARED_VOLUMES):
                 # workspace volumes are named ws-<random>: compare them by their claim or position instead
-                key = volume.get("persistentVolumeClaim", {}).get("claimName") or _stable(name)
-                files_seen.update({f"{key}/{k}": v for k, v in snapshot(scratch / "pod" / "volumes" / name).items()})
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                where = runner.claims[claim] if claim in runner.claims else scratch / "pod" / "volumes" / name
+                files_seen.update({f"{claim or _stable(name)}/{k}": v for k, v in snapshot(where).items()})
         taskrun = taskrun_status(files, runner.pod_with_status(), **kw)
         return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", files_seen)
+
+    @staticmethod
+    def _claims(seeds: Mapping[str, Path] | None, scratch: Path) -> dict[str, Path]:
+        """Each run's own copy of the claims' seed directories: runs of one Task must start alike."""
+        claims = {}
+        for name, seed in (seeds or {}).items():
+            claims[name] = scratch / "claims" / name
+            shutil.copytree(seed, claims[name], symlinks=True)
+        return claims
 
     def spans_of(self, run: Run) -> list[ReceivedSpan]:
         pod_name = run.pod["metadata"]["name"]

@@ -3,7 +3,7 @@
 What it does as a kubelet does, because Tekton's entrypoint and step-tracer depend on it:
 - init containers in order, each to completion; then all containers at once. Init containers with
   `restartPolicy: Always` are native sidecars: started in order, left running, stopped after the containers;
-- volumes: emptyDir (a directory, 0777), persistentVolumeClaim (a directory, seeded from a test's),
+- volumes: emptyDir (a directory, 0777), persistentVolumeClaim (a test's directory, shared across pods),
   downwardAPI (the kubelet's atomic writer layout and `key="value"` format), secret / configMap / projected
   from maps the test gives; each bind-mounted at its `mountPath` inside the container's own mount namespace
   (`container.py`), read-only where asked, `subPath` honoured;
@@ -440,10 +440,11 @@ class PodRunner:
             if "emptyDir" in v:
                 path.chmod(0o777)
             elif "persistentVolumeClaim" in v:
-                # A claim the test bound to a directory starts with that directory's files, as a PVC keeps them.
-                seed = self.claims.get(v["persistentVolumeClaim"]["claimName"])
-                if seed is not None:
-                    shutil.copytree(seed, path, symlinks=True, dirs_exist_ok=True)
+                # A claim is one directory, shared by every pod that mounts it (a volume that outlives the pod).
+                claim = self.claims.get(v["persistentVolumeClaim"]["claimName"])
+                if claim is not None:
+                    path.rmdir()
+                    path = claim
                 path.chmod(0o777)
             elif "downwardAPI" in v or "secret" in v or "configMap" in v or "projected" in v:
                 write_volume(path, self._volume_files(v), 0o644)

@@ -19,80 +19,41 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"strings"
-	"testing"
 	"time"
 
+	"github.com/step-tracer/step-tracer/hack/tekton/internal/rig"
 	"github.com/tektoncd/pipeline/pkg/apis/config"
 	"github.com/tektoncd/pipeline/pkg/apis/pipeline"
 	v1 "github.com/tektoncd/pipeline/pkg/apis/pipeline/v1"
-	"github.com/tektoncd/pipeline/pkg/apis/pipeline/v1alpha1"
-	"github.com/tektoncd/pipeline/pkg/apis/pipeline/v1beta1"
 	"github.com/tektoncd/pipeline/pkg/reconciler/taskrun"
 	_ "github.com/tektoncd/pipeline/pkg/taskrunmetrics/fake" // the reconciler's metrics recorder, faked as in Tekton's tests
 	"github.com/tektoncd/pipeline/test"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
-	filteredinformerfactory "knative.dev/pkg/client/injection/kube/informers/factory/filtered"
-	_ "knative.dev/pkg/client/injection/kube/informers/factory/filtered/fake"
 	cminformer "knative.dev/pkg/configmap/informer"
-	"knative.dev/pkg/controller"
-	"knative.dev/pkg/injection"
-	"knative.dev/pkg/logging"
 	pkgreconciler "knative.dev/pkg/reconciler"
 	"knative.dev/pkg/system"
-	"sigs.k8s.io/yaml"
 )
-
-// Images names the images of Tekton's own containers in the Pod; the pod runner maps them to root filesystems.
-var images = pipeline.Images{
-	EntrypointImage:        "tekton/entrypoint",
-	SidecarLogResultsImage: "tekton/sidecarlogresults",
-	NopImage:               "tekton/nop",
-	ShellImage:             "tekton/shell",
-	ShellImageWin:          "tekton/shell-win",
-	WorkingDirInitImage:    "tekton/workingdirinit",
-}
-
-type keyValues map[string]string
-
-func (kv keyValues) String() string { return fmt.Sprint(map[string]string(kv)) }
-
-func (kv keyValues) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want KEY=VALUE, got %q", s)
-	}
-	kv[k] = v
-	return nil
-}
 
 type options struct {
 	task, name, namespace, uid, serviceAccount string
 	podFile                                    string
 	timeout                                    time.Duration
-	annotations, labels, params, flags         keyValues
-	workspaces                                 keyValues
+	annotations, labels, params, flags         rig.KeyValues
+	workspaces                                 rig.KeyValues
 }
 
 func main() {
 	o := options{
-		annotations: keyValues{}, labels: keyValues{}, params: keyValues{}, flags: keyValues{}, workspaces: keyValues{},
+		annotations: rig.KeyValues{}, labels: rig.KeyValues{}, params: rig.KeyValues{}, flags: rig.KeyValues{}, workspaces: rig.KeyValues{},
 	}
 	// A flag set of our own: packages Tekton imports register flags (-namespace, ...) on the global one.
 	fs := flag.NewFlagSet("tekton-pod", flag.ExitOnError)
@@ -133,7 +94,7 @@ func main() {
 func run(o options, files []string) (any, error) {
 	var d test.Data
 	for _, f := range files {
-		if err := readObjects(f, &d); err != nil {
+		if err := rig.ReadObjects(f, &d); err != nil {
 			return nil, err
 		}
 	}
@@ -173,14 +134,14 @@ func run(o options, files []string) (any, error) {
 		}
 	}
 
-	ctx, cancel := fakeContext()
+	ctx, cancel := rig.FakeContext()
 	defer cancel()
-	clients, err := seed(ctx, d)
+	clients, err := rig.Seed(ctx, d)
 	if err != nil {
 		return nil, err
 	}
 	cmw := cminformer.NewInformedWatcher(clients.Kube, system.Namespace())
-	impl := taskrun.NewController(&pipeline.Options{Images: images}, clock.RealClock{})(ctx, cmw)
+	impl := taskrun.NewController(&pipeline.Options{Images: rig.Images}, clock.RealClock{})(ctx, cmw)
 	if err := cmw.Start(ctx.Done()); err != nil {
 		return nil, fmt.Errorf("starting the ConfigMap watcher: %w", err)
 	}
@@ -230,42 +191,6 @@ func taskRunFailure(ctx context.Context, c test.Clients, tr *v1.TaskRun) string 
 	return ""
 }
 
-// fakeContext is the injection context of Tekton's reconciler tests: every client and informer faked, pods
-// filtered by the managed-by label as the controller's are, logs at warning level on stderr.
-func fakeContext() (context.Context, context.CancelFunc) {
-	logger, _ := zap.Config{
-		Level:             zap.NewAtomicLevelAt(zapcore.WarnLevel),
-		Encoding:          "console",
-		DisableStacktrace: true,
-		EncoderConfig:     zap.NewDevelopmentEncoderConfig(),
-		OutputPaths:       []string{"stderr"},
-		ErrorOutputPaths:  []string{"stderr"},
-	}.Build()
-	ctx, cancel := context.WithCancel(logging.WithLogger(context.Background(), logger.Sugar()))
-	ctx = controller.WithEventRecorder(ctx, record.NewFakeRecorder(1000))
-	ctx = filteredinformerfactory.WithSelectors(ctx, v1.ManagedByLabelKey)
-	ctx, _ = injection.Fake.SetupInformers(ctx, &rest.Config{})
-	return ctx, cancel
-}
-
-// seed stores d in the fake clients and informers with Tekton's own test helper. That helper reports a failure
-// through a testing.T, so it runs on a goroutine of its own: T.Fatal ends only that goroutine.
-func seed(ctx context.Context, d test.Data) (test.Clients, error) {
-	t := &testing.T{}
-	var clients test.Clients
-	done := make(chan bool)
-	go func() {
-		finished := false
-		defer func() { done <- finished }()
-		clients, _ = test.SeedTestData(t, ctx, d)
-		finished = true
-	}()
-	if !<-done || t.Failed() {
-		return clients, errors.New("seeding the fake clients failed")
-	}
-	return clients, nil
-}
-
 func taskRunFor(o options, d *test.Data) (*v1.TaskRun, error) {
 	var tr *v1.TaskRun
 	switch {
@@ -290,7 +215,7 @@ func taskRunFor(o options, d *test.Data) (*v1.TaskRun, error) {
 	if o.uid != "" {
 		tr.UID = types.UID(o.uid)
 	} else if tr.UID == "" {
-		tr.UID = types.UID(fmt.Sprintf("%08x-0000-4000-8000-000000000000", fnv32(tr.Namespace+"/"+tr.Name)))
+		tr.UID = types.UID(rig.UID(tr.Namespace + "/" + tr.Name))
 	}
 	if o.serviceAccount != "" {
 		tr.Spec.ServiceAccountName = o.serviceAccount
@@ -304,31 +229,13 @@ func taskRunFor(o options, d *test.Data) (*v1.TaskRun, error) {
 		tr.Spec.Params = append(tr.Spec.Params, v1.Param{Name: k, Value: *v1.NewStructuredValues(v)})
 	}
 	for name, source := range o.workspaces {
-		binding, err := workspaceBinding(name, source)
+		binding, err := rig.WorkspaceBinding(name, source)
 		if err != nil {
 			return nil, err
 		}
 		tr.Spec.Workspaces = append(tr.Spec.Workspaces, binding)
 	}
 	return tr, nil
-}
-
-func workspaceBinding(name, source string) (v1.WorkspaceBinding, error) {
-	b := v1.WorkspaceBinding{Name: name}
-	kind, ref, _ := strings.Cut(source, ":")
-	switch kind {
-	case "emptyDir":
-		b.EmptyDir = &corev1.EmptyDirVolumeSource{}
-	case "pvc":
-		b.PersistentVolumeClaim = &corev1.PersistentVolumeClaimVolumeSource{ClaimName: ref}
-	case "configmap":
-		b.ConfigMap = &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: ref}}
-	case "secret":
-		b.Secret = &corev1.SecretVolumeSource{SecretName: ref}
-	default:
-		return b, fmt.Errorf("workspace %s: want emptyDir, pvc:CLAIM, configmap:NAME or secret:NAME, got %q", name, source)
-	}
-	return b, nil
 }
 
 func pickTask(name string, tasks []*v1.Task) (*v1.Task, error) {
@@ -357,111 +264,4 @@ func merge(into, from map[string]string) map[string]string {
 		into[k] = v
 	}
 	return into
-}
-
-func fnv32(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h = (h ^ uint32(s[i])) * 16777619
-	}
-	return h
-}
-
-// readObjects adds the Tasks, StepActions and TaskRuns of a YAML or JSON stream to d (v1beta1 Tasks and
-// v1alpha1 StepActions converted as Tekton's conversion webhook does); other kinds are ignored.
-func readObjects(path string, d *test.Data) error {
-	var r io.Reader
-	if path == "-" {
-		r = os.Stdin
-	} else {
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		r = f
-	}
-	for i, doc := range splitDocuments(r) {
-		var head struct {
-			APIVersion string `json:"apiVersion"`
-			Kind       string `json:"kind"`
-		}
-		if err := yaml.Unmarshal(doc, &head); err != nil {
-			return fmt.Errorf("%s: document %d: %w", path, i+1, err)
-		}
-		if err := addObject(head.APIVersion, head.Kind, doc, d); err != nil {
-			return fmt.Errorf("%s: document %d (%s): %w", path, i+1, head.Kind, err)
-		}
-	}
-	return nil
-}
-
-func addObject(apiVersion, kind string, doc []byte, d *test.Data) error {
-	ctx := context.Background()
-	switch kind + " " + apiVersion {
-	case "Task tekton.dev/v1":
-		t := &v1.Task{}
-		if err := yaml.UnmarshalStrict(doc, t); err != nil {
-			return err
-		}
-		d.Tasks = append(d.Tasks, t)
-	case "Task tekton.dev/v1beta1":
-		old := &v1beta1.Task{}
-		if err := yaml.UnmarshalStrict(doc, old); err != nil {
-			return err
-		}
-		t := &v1.Task{}
-		if err := old.ConvertTo(ctx, t); err != nil {
-			return err
-		}
-		d.Tasks = append(d.Tasks, t)
-	case "StepAction tekton.dev/v1beta1":
-		s := &v1beta1.StepAction{}
-		if err := yaml.UnmarshalStrict(doc, s); err != nil {
-			return err
-		}
-		d.StepActions = append(d.StepActions, s)
-	case "StepAction tekton.dev/v1alpha1":
-		old := &v1alpha1.StepAction{}
-		if err := yaml.UnmarshalStrict(doc, old); err != nil {
-			return err
-		}
-		s := &v1beta1.StepAction{}
-		if err := old.ConvertTo(ctx, s); err != nil {
-			return err
-		}
-		d.StepActions = append(d.StepActions, s)
-	case "TaskRun tekton.dev/v1":
-		tr := &v1.TaskRun{}
-		if err := yaml.UnmarshalStrict(doc, tr); err != nil {
-			return err
-		}
-		d.TaskRuns = append(d.TaskRuns, tr)
-	}
-	return nil
-}
-
-// splitDocuments splits a YAML stream at its "---" lines; a JSON file is one document.
-func splitDocuments(r io.Reader) [][]byte {
-	var docs [][]byte
-	var cur bytes.Buffer
-	flush := func() {
-		if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-			docs = append(docs, bytes.Clone(cur.Bytes()))
-		}
-		cur.Reset()
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "---") && strings.TrimSpace(strings.TrimPrefix(line, "---")) == "" {
-			flush()
-			continue
-		}
-		cur.WriteString(line)
-		cur.WriteByte('\n')
-	}
-	flush()
-	return docs
 }
