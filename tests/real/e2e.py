@@ -40,6 +40,8 @@ RESULT_ATTR = "cicd.pipeline.task.run.result"
 #: and the inject path's carry the wrapper's `#!` line by design).
 UNCOMPARED_VOLUMES = ("step-tracer-", "tekton-internal-bin", "tekton-internal-scripts")
 OTLP_SECRET = "step-tracer-otlp"
+#: service.name of the spans Tekton's own reconcilers export.
+TEKTON_SERVICES = ("pipelinerun-reconciler", "taskrun-reconciler")
 #: Go's log package: "2026/12/07 14:14:14 " before each line.
 GO_LOG_TIME = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 
@@ -84,6 +86,9 @@ class StepReport:
     spans: int
     parent_ok: bool
     result: str | None
+    #: "tekton" when the step's parent is a span Tekton's reconcilers emitted, "annotation" when it is only the
+    #: span context a TaskRun was given.
+    parent_from: str | None = None
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -160,8 +165,14 @@ class Rig:
         claims: Mapping[str, Path] | None = None,
         grace_seconds: float = 5.0,
         timeout: float = 300.0,
+        in_pipeline: bool = True,
     ) -> Run:
-        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`)."""
+        """Run `task` from `files` on `path` (`unpatched`, `inject` or `webhook`): as the one task of a
+        PipelineRun through Tekton's reconcilers with Tekton's tracing on (as in Konflux, where every TaskRun
+        has a PipelineRun, and Tekton writes the span context the steps parent on), or, with
+        `in_pipeline=False`, as a TaskRun with a fresh `tekton.dev/taskrunSpanContext` of our own."""
+        if in_pipeline:
+            return self._run_in_pipeline(files, task, path, params, workspaces, claims, grace_seconds, timeout)
         scratch = self._scratch(f"{task}-{path}")
         if path == "inject":
             files = inject(files, scratch / "patched")
@@ -189,16 +200,48 @@ class Rig:
             claims=self._claims(claims, scratch),
         )
         runner.run(timeout)
-        files_seen: dict[str, str] = {}
-        for volume in runner.pod["spec"].get("volumes") or []:
-            name = volume["name"]
-            if ("emptyDir" in volume or "persistentVolumeClaim" in volume) and not name.startswith(UNCOMPARED_VOLUMES):
-                # workspace volumes are named ws-<random>: compare them by their claim or position instead
-                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
-                where = runner.claims[claim] if claim in runner.claims else scratch / "pod" / "volumes" / name
-                files_seen.update({f"{claim or _stable(name)}/{k}": v for k, v in snapshot(where).items()})
         taskrun = taskrun_status(files, runner.pod_with_status(), **kw)
-        return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", files_seen)
+        return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", volume_files(runner))
+
+    def _run_in_pipeline(
+        self,
+        files: Sequence[Path],
+        task: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        workspaces: Mapping[str, str] | None,
+        claims: Mapping[str, Path] | None,
+        grace_seconds: float,
+        timeout: float,
+    ) -> Run:
+        from tests.real.pipelines import run_pipeline
+
+        scratch = self._scratch(f"{task}-{path}")
+        pipeline = one_task_pipeline(task, params or {}, workspaces or {})
+        pipeline_file = scratch / "pipeline.json"
+        pipeline_file.write_text(json.dumps(pipeline))
+        result = run_pipeline(
+            self,
+            [*files, pipeline_file],
+            path,
+            name=f"{task[:40]}-{path}-{self._count}",
+            pipeline=pipeline["metadata"]["name"],
+            tracing_endpoint=self.tekton_tracing_endpoint,
+            params=params,
+            workspaces=workspaces,
+            claims=claims,
+            grace_seconds=grace_seconds,
+            timeout=timeout,
+        )
+        (taskrun,) = result.taskruns
+        runner = result.runners[task]
+        context = json.loads(taskrun["metadata"]["annotations"]["tekton.dev/taskrunSpanContext"])
+        return Run(path, runner.pod, runner, taskrun, context["traceparent"], volume_files(runner))
+
+    @property
+    def tekton_tracing_endpoint(self) -> str:
+        """Where Tekton's own spans go (config-tracing's endpoint): the same receiver as the steps'."""
+        return f"http://127.0.0.1:{self.receiver.port}/v1/traces"
 
     @staticmethod
     def _claims(seeds: Mapping[str, Path] | None, scratch: Path) -> dict[str, Path]:
@@ -212,6 +255,44 @@ class Rig:
     def spans_of(self, run: Run) -> list[ReceivedSpan]:
         pod_name = run.pod["metadata"]["name"]
         return [s for s in self.receiver.spans if s.resource.get("k8s.pod.name") == pod_name]
+
+    def tekton_spans(self) -> frozenset[str]:
+        """Ids of the spans Tekton's reconcilers emitted."""
+        return frozenset(s.span_id for s in self.receiver.spans if s.resource.get("service.name") in TEKTON_SERVICES)
+
+
+def one_task_pipeline(task: str, params: Mapping[str, str], workspaces: Mapping[str, str]) -> dict[str, Any]:
+    """A Pipeline whose one task runs `task` with the given params and workspaces passed through."""
+    return {
+        "apiVersion": "tekton.dev/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": f"{task[:50]}-pipeline"},
+        "spec": {
+            "params": [{"name": k, "type": "string"} for k in params],
+            "workspaces": [{"name": w} for w in workspaces],
+            "tasks": [
+                {
+                    "name": task,
+                    "taskRef": {"name": task},
+                    "params": [{"name": k, "value": f"$(params.{k})"} for k in params],
+                    "workspaces": [{"name": w, "workspace": w} for w in workspaces],
+                }
+            ],
+        },
+    }
+
+
+def volume_files(runner: PodRunner) -> dict[str, str]:
+    """What the pod's compared volumes hold after the run (see UNCOMPARED_VOLUMES)."""
+    seen: dict[str, str] = {}
+    for volume in runner.pod["spec"].get("volumes") or []:
+        name = volume["name"]
+        if ("emptyDir" in volume or "persistentVolumeClaim" in volume) and not name.startswith(UNCOMPARED_VOLUMES):
+            # workspace volumes are named ws-<random>: compare them by their claim or position instead
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            where = runner.claims[claim] if claim in runner.claims else runner.workdir / "volumes" / name
+            seen.update({f"{claim or _stable(name)}/{k}": v for k, v in snapshot(where).items()})
+    return seen
 
 
 def _stable(volume: str) -> str:
@@ -295,8 +376,11 @@ def expected_result(state: Mapping[str, Any]) -> str:
     return "success" if code == 0 else "failure"
 
 
-def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) -> list[StepReport]:
-    """One report per step of `traced` against the unpatched `base`."""
+def compare(
+    task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan], tekton_spans: frozenset[str] = frozenset()
+) -> list[StepReport]:
+    """One report per step of `traced` against the unpatched `base`; `tekton_spans` are the ids of the spans
+    Tekton itself emitted."""
     reports = []
     parent = traced.traceparent.split("-")
     base_results = base.taskrun.get("status", {}).get("results")
@@ -333,10 +417,13 @@ def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) ->
         expected_code = code if code != -1 else span_code
         if span_code != expected_code and executed and reason != "TimeoutExceeded" and len(mine) == 1:
             problems.append(f"span exit code {span_code!r}, Tekton's {code}")
+        parent_from = None
+        if parent_ok:
+            parent_from = "tekton" if parent[2] in tekton_spans else "annotation"
         reports.append(
             StepReport(
                 task, name, traced.path, code, b_code, reason, b_reason, len(mine), parent_ok,
-                str(result) if result is not None else None, problems,
+                str(result) if result is not None else None, parent_from, problems,
             )
         )  # fmt: skip
     if base_results != traced_results and reports:
@@ -369,7 +456,7 @@ def run_task(rig: Rig, files: Sequence[Path], task: str, paths: Sequence[str], *
     reports: list[StepReport] = []
     for path in paths:
         traced = rig.run(files, task, path, **kw)
-        reports += compare(task, base, traced, rig.spans_of(traced))
+        reports += compare(task, base, traced, rig.spans_of(traced), rig.tekton_spans())
     return reports
 
 
