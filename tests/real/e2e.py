@@ -23,12 +23,14 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from step_tracer.webhook.mutate import WebhookOptions
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
 from tests.real.images import make_images, tekton_bin_dir
 from tests.real.podrunner import Image, PodRunner
@@ -52,8 +54,10 @@ class Run:
     pod: dict[str, Any]
     runner: PodRunner
     taskrun: dict[str, Any]
+    #: the TaskRun's `tekton.dev/taskrunSpanContext` traceparent, "" for a TaskRun without one
     traceparent: str
     files: dict[str, str]
+    uid: str = ""
 
     def steps(self) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = self.taskrun.get("status", {}).get("steps") or []
@@ -126,6 +130,7 @@ class Rig:
         self.default = default
         self.receiver = HttpReceiver().start()
         self._count = 0
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.receiver.stop()
@@ -143,11 +148,13 @@ class Rig:
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         }
 
-    def _scratch(self, name: str) -> Path:
-        self._count += 1
-        d = self.workdir / f"{self._count:03d}-{name}"
+    def _scratch(self, name: str) -> tuple[int, Path]:
+        with self._lock:  # pods may run in threads
+            self._count += 1
+            count = self._count
+        d = self.workdir / f"{count:03d}-{name}"
         d.mkdir(parents=True)
-        return d
+        return count, d
 
     def run(
         self,
@@ -160,35 +167,56 @@ class Rig:
         claims: Mapping[str, Path] | None = None,
         grace_seconds: float = 5.0,
         timeout: float = 300.0,
+        span_context: bool = True,
+        labels: Mapping[str, str] | None = None,
+        webhook: WebhookOptions | None = None,
+        otlp_env: Mapping[str, str] | None = None,
+        during: Callable[[PodRunner], None] | None = None,
     ) -> Run:
-        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`)."""
-        scratch = self._scratch(f"{task}-{path}")
+        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`; any other name runs
+        `files` as they are, e.g. Tasks patched once for many runs).
+
+        `span_context=False` leaves out the `tekton.dev/taskrunSpanContext` annotation (a TaskRun no PipelineRun
+        made); `labels` go on the TaskRun (Tekton copies them to the pod); `webhook` are the webhook's options;
+        `otlp_env` replaces what the `step-tracer-otlp` Secret holds; `during(runner)` runs in a thread while the
+        pod runs (to delete it, kill a process in it, ...).
+        """
+        count, scratch = self._scratch(f"{task}-{path}")
         if path == "inject":
             files = inject(files, scratch / "patched")
         trace_id, span_id, context = new_span_context()
-        name = f"{task[:40]}-{path}-{self._count}"
-        annotations = {"tekton.dev/taskrunSpanContext": context}
+        name = f"{task[:40]}-{path}-{count}"
+        uid = str(uuid.uuid4())
+        annotations = {"tekton.dev/taskrunSpanContext": context} if span_context else {}
         kw: dict[str, Any] = {
             "task": task,
             "name": name,
-            "uid": str(uuid.uuid4()),
+            "uid": uid,
             "annotations": annotations,
+            "labels": labels,
             "params": params,
             "workspaces": workspaces,
         }
         pod = build_pod(files, **kw)
         if path == "webhook":
-            pod = admit(pod, scratch)
+            pod = admit(pod, scratch, webhook)
         runner = PodRunner(
             pod,
             self.images,
             scratch / "pod",
             default_image=self.default,
-            secrets={OTLP_SECRET: self.otlp_env},
+            secrets={OTLP_SECRET: dict(otlp_env or self.otlp_env)},
             grace_seconds=grace_seconds,
             claims=claims,
         )
-        runner.run(timeout)
+        meanwhile = threading.Thread(target=during, args=(runner,), daemon=True) if during else None
+        if meanwhile:
+            meanwhile.start()
+        try:
+            runner.run(timeout)
+        finally:
+            if meanwhile:
+                meanwhile.join(timeout)
         files_seen: dict[str, str] = {}
         for volume in runner.pod["spec"].get("volumes") or []:
             name = volume["name"]
@@ -197,7 +225,8 @@ class Rig:
                 key = volume.get("persistentVolumeClaim", {}).get("claimName") or _stable(name)
                 files_seen.update({f"{key}/{k}": v for k, v in snapshot(scratch / "pod" / "volumes" / name).items()})
         taskrun = taskrun_status(files, runner.pod_with_status(), **kw)
-        return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", files_seen)
+        traceparent = f"00-{trace_id}-{span_id}-01" if span_context else ""
+        return Run(path, runner.pod, runner, taskrun, traceparent, files_seen, uid)
 
     def spans_of(self, run: Run) -> list[ReceivedSpan]:
         pod_name = run.pod["metadata"]["name"]
@@ -226,10 +255,9 @@ def inject(files: Sequence[Path], out: Path) -> list[Path]:
     return copies
 
 
-def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
+def admit(pod: Mapping[str, Any], scratch: Path, options: WebhookOptions | None = None) -> dict[str, Any]:
     """The Pod as the API server stores it after our mutating webhook: an AdmissionReview v1 for the create,
     answered by the webhook's own review handler, its JSONPatch applied with the API server's library."""
-    from step_tracer.webhook.mutate import WebhookOptions
     from step_tracer.webhook.server import Metrics, review
 
     request = {
@@ -250,7 +278,7 @@ def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
-    answer = review(json.dumps(request).encode(), WebhookOptions(), Metrics())
+    answer = review(json.dumps(request).encode(), options or WebhookOptions(), Metrics())
     response = answer["response"]
     if not response.get("allowed"):
         raise RuntimeError(f"the webhook refused the pod: {response}")
