@@ -172,6 +172,7 @@ class Rig:
         webhook: WebhookOptions | None = None,
         otlp_env: Mapping[str, str] | None = None,
         during: Callable[[PodRunner], None] | None = None,
+        inject_args: Sequence[str] = (),
     ) -> Run:
         """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`; any other name runs
         `files` as they are, e.g. Tasks patched once for many runs).
@@ -179,11 +180,11 @@ class Rig:
         `span_context=False` leaves out the `tekton.dev/taskrunSpanContext` annotation (a TaskRun no PipelineRun
         made); `labels` go on the TaskRun (Tekton copies them to the pod); `webhook` are the webhook's options;
         `otlp_env` replaces what the `step-tracer-otlp` Secret holds; `during(runner)` runs in a thread while the
-        pod runs (to delete it, kill a process in it, ...).
+        pod runs (to delete it, kill a process in it, ...); `inject_args` are more options for `inject`.
         """
         count, scratch = self._scratch(f"{task}-{path}")
         if path == "inject":
-            files = inject(files, scratch / "patched")
+            files = inject(files, scratch / "patched", inject_args)
         trace_id, span_id, context = new_span_context()
         name = f"{task[:40]}-{path}-{count}"
         uid = str(uuid.uuid4())
@@ -238,7 +239,7 @@ def _stable(volume: str) -> str:
     return "ws" if volume.startswith("ws-") else volume
 
 
-def inject(files: Sequence[Path], out: Path) -> list[Path]:
+def inject(files: Sequence[Path], out: Path, args: Sequence[str] = ()) -> list[Path]:
     """`step-tracer inject` on copies of `files`, with the sidecar image of the local images."""
     out.mkdir(parents=True)
     copies = []
@@ -248,7 +249,7 @@ def inject(files: Sequence[Path], out: Path) -> list[Path]:
         copies.append(copy)
     launcher = Path(sys.executable).parent / "step-tracer"
     proc = subprocess.run(
-        [str(launcher), "inject", *map(str, copies)], capture_output=True, text=True, timeout=120, check=False
+        [str(launcher), "inject", *args, *map(str, copies)], capture_output=True, text=True, timeout=120, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"step-tracer inject failed ({proc.returncode}): {proc.stderr.strip()}")
