@@ -130,7 +130,7 @@ def test_container_names_follow_tektons_pod_builder(name: str, index: int, expec
 
 
 def _volume(directory: Path, ready: bool) -> None:
-    from tests.tekton_harness import kubelet
+    from tests.real import kubelet
 
     annotations = 'tekton.dev/ready="READY"' if ready else ""
     files = {"labels": KUBELET_LABELS.encode(), "annotations": annotations.encode(), "name": b"pod-1"}

@@ -23,12 +23,14 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from step_tracer.webhook.mutate import WebhookOptions
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
 from tests.real.images import make_images, tekton_bin_dir
 from tests.real.podrunner import Image, PodRunner
@@ -54,8 +56,10 @@ class Run:
     pod: dict[str, Any]
     runner: PodRunner
     taskrun: dict[str, Any]
+    #: the TaskRun's `tekton.dev/taskrunSpanContext` traceparent, "" for a TaskRun without one
     traceparent: str
     files: dict[str, str]
+    uid: str = ""
 
     def steps(self) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = self.taskrun.get("status", {}).get("steps") or []
@@ -131,6 +135,7 @@ class Rig:
         self.default = default
         self.receiver = HttpReceiver().start()
         self._count = 0
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.receiver.stop()
@@ -148,11 +153,13 @@ class Rig:
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         }
 
-    def _scratch(self, name: str) -> Path:
-        self._count += 1
-        d = self.workdir / f"{self._count:03d}-{name}"
+    def _scratch(self, name: str) -> tuple[int, Path]:
+        with self._lock:  # pods may run in threads
+            self._count += 1
+            count = self._count
+        d = self.workdir / f"{count:03d}-{name}"
         d.mkdir(parents=True)
-        return d
+        return count, d
 
     def run(
         self,
@@ -165,43 +172,72 @@ class Rig:
         claims: Mapping[str, Path] | None = None,
         grace_seconds: float = 5.0,
         timeout: float = 300.0,
-        in_pipeline: bool = True,
+        in_pipeline: bool | None = None,
+        span_context: bool = True,
+        labels: Mapping[str, str] | None = None,
+        webhook: WebhookOptions | None = None,
+        otlp_env: Mapping[str, str] | None = None,
+        during: Callable[[PodRunner], None] | None = None,
+        inject_args: Sequence[str] = (),
     ) -> Run:
-        """Run `task` from `files` on `path` (`unpatched`, `inject` or `webhook`): as the one task of a
-        PipelineRun through Tekton's reconcilers with Tekton's tracing on (as in Konflux, where every TaskRun
-        has a PipelineRun, and Tekton writes the span context the steps parent on), or, with
-        `in_pipeline=False`, as a TaskRun with a fresh `tekton.dev/taskrunSpanContext` of our own."""
+        """Run `task` from `files` on `path` (`unpatched`, `inject` or `webhook`; any other name runs `files` as
+        they are, e.g. Tasks patched once for many runs).
+
+        By default as the one task of a PipelineRun through Tekton's reconcilers with Tekton's tracing on (as in
+        Konflux, where every TaskRun has a PipelineRun, and Tekton writes the span context the steps parent on).
+        `in_pipeline=False`, and any of the options only a standalone TaskRun takes, run it as a TaskRun with a
+        fresh `tekton.dev/taskrunSpanContext` of our own: `span_context=False` leaves that annotation out (a
+        TaskRun no PipelineRun made); `labels` go on the TaskRun (Tekton copies them to the pod); `webhook` are the
+        webhook's options; `otlp_env` replaces what the `step-tracer-otlp` Secret holds; `during(runner)` runs in
+        a thread while the pod runs (to delete it, kill a process in it, ...); `inject_args` are more options for
+        `inject`.
+        """
+        standalone_only = not span_context or labels or webhook or otlp_env or during or inject_args
+        if in_pipeline is None:
+            in_pipeline = not standalone_only and path in ("unpatched", "inject", "webhook")
+        elif in_pipeline and standalone_only:
+            raise ValueError("span_context, labels, webhook, otlp_env, during and inject_args need in_pipeline=False")
         if in_pipeline:
             return self._run_in_pipeline(files, task, path, params, workspaces, claims, grace_seconds, timeout)
-        scratch = self._scratch(f"{task}-{path}")
+        count, scratch = self._scratch(f"{task}-{path}")
         if path == "inject":
-            files = inject(files, scratch / "patched")
+            files = inject(files, scratch / "patched", inject_args)
         trace_id, span_id, context = new_span_context()
-        name = f"{task[:40]}-{path}-{self._count}"
-        annotations = {"tekton.dev/taskrunSpanContext": context}
+        name = f"{task[:40]}-{path}-{count}"
+        uid = str(uuid.uuid4())
+        annotations = {"tekton.dev/taskrunSpanContext": context} if span_context else {}
         kw: dict[str, Any] = {
             "task": task,
             "name": name,
-            "uid": str(uuid.uuid4()),
+            "uid": uid,
             "annotations": annotations,
+            "labels": labels,
             "params": params,
             "workspaces": workspaces,
         }
         pod = build_pod(files, **kw)
         if path == "webhook":
-            pod = admit(pod, scratch)
+            pod = admit(pod, scratch, webhook)
         runner = PodRunner(
             pod,
             self.images,
             scratch / "pod",
             default_image=self.default,
-            secrets={OTLP_SECRET: self.otlp_env},
+            secrets={OTLP_SECRET: dict(otlp_env or self.otlp_env)},
             grace_seconds=grace_seconds,
             claims=self._claims(claims, scratch),
         )
-        runner.run(timeout)
+        meanwhile = threading.Thread(target=during, args=(runner,), daemon=True) if during else None
+        if meanwhile:
+            meanwhile.start()
+        try:
+            runner.run(timeout)
+        finally:
+            if meanwhile:
+                meanwhile.join(timeout)
         taskrun = taskrun_status(files, runner.pod_with_status(), **kw)
-        return Run(path, runner.pod, runner, taskrun, f"00-{trace_id}-{span_id}-01", volume_files(runner))
+        traceparent = f"00-{trace_id}-{span_id}-01" if span_context else ""
+        return Run(path, runner.pod, runner, taskrun, traceparent, volume_files(runner), uid)
 
     def _run_in_pipeline(
         self,
@@ -216,7 +252,7 @@ class Rig:
     ) -> Run:
         from tests.real.pipelines import run_pipeline
 
-        scratch = self._scratch(f"{task}-{path}")
+        count, scratch = self._scratch(f"{task}-{path}")
         pipeline = one_task_pipeline(task, params or {}, workspaces or {})
         pipeline_file = scratch / "pipeline.json"
         pipeline_file.write_text(json.dumps(pipeline))
@@ -224,7 +260,7 @@ class Rig:
             self,
             [*files, pipeline_file],
             path,
-            name=f"{task[:40]}-{path}-{self._count}",
+            name=f"{task[:40]}-{path}-{count}",
             pipeline=pipeline["metadata"]["name"],
             tracing_endpoint=self.tekton_tracing_endpoint,
             params=params,
@@ -236,7 +272,8 @@ class Rig:
         (taskrun,) = result.taskruns
         runner = result.runners[task]
         context = json.loads(taskrun["metadata"]["annotations"]["tekton.dev/taskrunSpanContext"])
-        return Run(path, runner.pod, runner, taskrun, context["traceparent"], volume_files(runner))
+        uid = taskrun["metadata"].get("uid", "")
+        return Run(path, runner.pod, runner, taskrun, context["traceparent"], volume_files(runner), uid)
 
     @property
     def tekton_tracing_endpoint(self) -> str:
@@ -300,7 +337,7 @@ def _stable(volume: str) -> str:
     return "ws" if volume.startswith("ws-") else volume
 
 
-def inject(files: Sequence[Path], out: Path) -> list[Path]:
+def inject(files: Sequence[Path], out: Path, args: Sequence[str] = ()) -> list[Path]:
     """`step-tracer inject` on copies of `files`, with the sidecar image of the local images."""
     out.mkdir(parents=True)
     copies = []
@@ -310,17 +347,16 @@ def inject(files: Sequence[Path], out: Path) -> list[Path]:
         copies.append(copy)
     launcher = Path(sys.executable).parent / "step-tracer"
     proc = subprocess.run(
-        [str(launcher), "inject", *map(str, copies)], capture_output=True, text=True, timeout=120, check=False
+        [str(launcher), "inject", *args, *map(str, copies)], capture_output=True, text=True, timeout=120, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"step-tracer inject failed ({proc.returncode}): {proc.stderr.strip()}")
     return copies
 
 
-def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
+def admit(pod: Mapping[str, Any], scratch: Path, options: WebhookOptions | None = None) -> dict[str, Any]:
     """The Pod as the API server stores it after our mutating webhook: an AdmissionReview v1 for the create,
     answered by the webhook's own review handler, its JSONPatch applied with the API server's library."""
-    from step_tracer.webhook.mutate import WebhookOptions
     from step_tracer.webhook.server import Metrics, review
 
     request = {
@@ -341,7 +377,7 @@ def admit(pod: Mapping[str, Any], scratch: Path) -> dict[str, Any]:
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
-    answer = review(json.dumps(request).encode(), WebhookOptions(), Metrics())
+    answer = review(json.dumps(request).encode(), options or WebhookOptions(), Metrics())
     response = answer["response"]
     if not response.get("allowed"):
         raise RuntimeError(f"the webhook refused the pod: {response}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.tekton_harness.kubelet import expand, field_value, format_map, write_volume
+from tests.real.kubelet import expand, field_value, format_map, write_volume
 
 CONTAINER_INIT = Path(__file__).with_name("container.py")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -19,6 +19,7 @@ def _args(
     namespace: str,
     uid: str | None,
     annotations: Mapping[str, str],
+    labels: Mapping[str, str],
     params: Mapping[str, str],
     workspaces: Mapping[str, str],
 ) -> list[str]:
@@ -33,6 +34,8 @@ def _args(
         args += ["-uid", uid]
     for key, value in annotations.items():
         args += ["-annotation", f"{key}={value}"]
+    for key, value in labels.items():
+        args += ["-label", f"{key}={value}"]
     for key, value in params.items():
         args += ["-param", f"{key}={value}"]
     return args
@@ -60,11 +63,12 @@ def build_pod(
     namespace: str = "default",
     uid: str | None = None,
     annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     workspaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Pod Tekton's TaskRun reconciler creates for a TaskRun of `task` (a Task in `files`)."""
-    args = _args(task, name, namespace, uid, annotations or {}, params or {}, workspaces or {})
+    args = _args(task, name, namespace, uid, annotations or {}, labels or {}, params or {}, workspaces or {})
     return _run([*args, *map(str, files)])
 
 
@@ -77,6 +81,7 @@ def taskrun_status(
     namespace: str = "default",
     uid: str | None = None,
     annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     workspaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -84,5 +89,6 @@ def taskrun_status(
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(pod, f)
         f.flush()
-        args = [*_args(task, name, namespace, uid, annotations or {}, params or {}, workspaces or {}), "-pod", f.name]
+        args = _args(task, name, namespace, uid, annotations or {}, labels or {}, params or {}, workspaces or {})
+        args += ["-pod", f.name]
         return _run([*args, *map(str, files)])

@@ -1,19 +1,16 @@
-"""The kubelet's share of running a Tekton pod: Downward API files, `$(VAR)` expansion, container teardown.
+"""The kubelet's share of running a Tekton pod (podrunner.py): Downward API files and `$(VAR)` expansion.
 
 Each piece follows the kubelet's code, because the wrapper and the sidecar parse what the kubelet writes:
 - `format_map`: k8s.io/kubernetes pkg/fieldpath FormatMap (sorted keys, `key="value"` with Go's %q, newline-joined,
   no trailing newline);
 - `write_volume`: pkg/volume/util AtomicWriter (a `..<timestamp>` directory, the `..data` symlink swapped
   atomically, one `name -> ..data/name` symlink per file), so an update (the `tekton.dev/ready` annotation) is atomic;
-- `expand`: third_party/forked/golang/expansion (command, args and env values; `$$` escapes, unknown names stay);
-- `kill_session`: what the end of a container's PID namespace does to processes its PID 1 left behind.
+- `expand`: third_party/forked/golang/expansion (command, args and env values; `$$` escapes, unknown names stay).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -137,39 +134,3 @@ def expand(text: str, env: Mapping[str, str]) -> str:
             out.append("$" + nxt)
             i += 2
     return "".join(out)
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session `sid`, read from /proc."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            members.append(int(entry.name))
-    return members
-
-
-def kill_session(sid: int, timeout: float = 10.0) -> None:
-    """SIGKILL every process left in a container (its session) and wait until none is alive.
-
-    A container's PID 1 exiting makes the kernel kill the rest of its PID namespace; the harness starts every
-    container as a new session instead of a PID namespace, so the session is the container.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        members = [pid for pid in session_members(sid) if pid != os.getpid()]
-        if not members:
-            return
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {members} of container session {sid} survive SIGKILL")
-        time.sleep(0.01)
