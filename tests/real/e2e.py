@@ -45,6 +45,8 @@ OTLP_SECRET = "step-tracer-otlp"
 #: service.name of the spans Tekton's own reconcilers export.
 TEKTON_SERVICES = ("pipelinerun-reconciler", "taskrun-reconciler")
 #: Go's log package: "2026/12/07 14:14:14 " before each line.
+#: Tekton's script files: /tekton/scripts/script-<index>-<5 random characters>.
+SCRIPT_NAME = re.compile(r"(/tekton/scripts/script-\d+)-[a-z0-9]{5}")
 GO_LOG_TIME = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 
 
@@ -399,8 +401,10 @@ def admit(pod: Mapping[str, Any], scratch: Path, options: WebhookOptions | None 
 
 
 def _logs(run: Run, container: str) -> tuple[str, str]:
-    """A container's stdout and stderr without the times Tekton's entrypoint puts on its own log lines."""
-    return run.logs(container)[0], GO_LOG_TIME.sub("", run.logs(container)[1])
+    """A container's stdout and stderr without what differs between any two runs: the times Tekton's entrypoint
+    puts on its own log lines, the random part of the script file names Tekton's pod builder makes."""
+    out, err = run.logs(container)
+    return SCRIPT_NAME.sub(r"\1", out), SCRIPT_NAME.sub(r"\1", GO_LOG_TIME.sub("", err))
 
 
 def expected_result(state: Mapping[str, Any]) -> str:
