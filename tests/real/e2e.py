@@ -272,6 +272,9 @@ class Rig:
             timeout=timeout,
         )
         (taskrun,) = result.taskruns
+        if task not in result.runners:
+            conditions = taskrun.get("status", {}).get("conditions") or [{}]
+            raise RuntimeError(f"TaskRun of {task} ran no pod: {conditions[0].get('message', conditions)}")
         runner = result.runners[task]
         context = json.loads(taskrun["metadata"]["annotations"]["tekton.dev/taskrunSpanContext"])
         uid = taskrun["metadata"].get("uid", "")
@@ -478,15 +481,16 @@ def compare(
     return reports
 
 
-def task_names(files: Iterable[Path]) -> list[tuple[Path, str]]:
-    """(file, Task name) for every Task in `files`, in order."""
+def task_names(files: Iterable[Path]) -> list[tuple[str, set[str]]]:
+    """(name, the workspaces it declares) of every Task in `files`, in order."""
     import yaml
 
     out = []
     for f in files:
         for doc in yaml.safe_load_all(f.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "Task":
-                out.append((f, str(doc["metadata"]["name"])))
+                declared = {str(w.get("name")) for w in (doc.get("spec") or {}).get("workspaces") or []}
+                out.append((str(doc["metadata"]["name"]), declared))
     return out
 
 
@@ -500,6 +504,13 @@ def run_task(rig: Rig, files: Sequence[Path], task: str, paths: Sequence[str], *
     return reports
 
 
-def run_tasks(rig: Rig, files: Sequence[Path], paths: Sequence[str], **kw: Any) -> list[StepReport]:
-    """Every Task in `files` (StepActions and other documents there are available to each)."""
-    return [r for _, task in task_names(files) for r in run_task(rig, files, task, paths, **kw)]
+def run_tasks(
+    rig: Rig, files: Sequence[Path], paths: Sequence[str], workspaces: Mapping[str, str] | None = None, **kw: Any
+) -> list[StepReport]:
+    """Every Task in `files` (StepActions and other documents there are available to each); each gets the
+    `workspaces` it declares."""
+    reports = []
+    for task, declared in task_names(files):
+        bound = {k: v for k, v in (workspaces or {}).items() if k in declared}
+        reports += run_task(rig, files, task, paths, workspaces=bound, **kw)
+    return reports
