@@ -58,7 +58,7 @@ def _valid_trace_id(trace_id: str) -> str:
     return wanted
 
 
-def fetch_trace(base: str, trace_id: str, *, timeout: float = TIMEOUT, max_bytes: int = MAX_BYTES) -> list[Span]:
+def fetch_trace(base: str, trace_id: str, *, timeout: float = TIMEOUT) -> list[Span]:
     """Every span of the trace; raises JaegerError when Jaeger is unreachable, has no such trace or answers garbage."""
     url = trace_url(base, trace_id)
     where = display_url(base)
@@ -66,7 +66,7 @@ def fetch_trace(base: str, trace_id: str, *, timeout: float = TIMEOUT, max_bytes
     deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = _read_bounded(response, deadline, max_bytes, where)
+            body = _read_bounded(response, deadline, MAX_BYTES, where)
     except urllib.error.HTTPError as error:
         with error:
             detail = _error_message(error.read(_CHUNK))
@@ -134,9 +134,7 @@ def parse_answer(body: bytes, where: str) -> list[Span]:
     try:
         answer = json.loads(body)
     except (ValueError, RecursionError) as error:
-        raise JaegerError(
-            f"Jaeger at {where} answered with something that is not JSON ({_one_line(str(error))})"
-        ) from None
+        raise JaegerError(f"Jaeger at {where} answered something that is not JSON ({_one_line(str(error))})") from None
     result = answer.get("result", answer) if isinstance(answer, dict) else answer
     if not isinstance(result, dict) or not ("resourceSpans" in result or result == {}):
         raise JaegerError(f"Jaeger at {where} answered JSON that is not an api_v3 trace (no result.resourceSpans)")
