@@ -305,7 +305,7 @@ def trace_header(spans: Sequence[Span]) -> str:
 
 
 _FULL, _EIGHTHS, _UNFINISHED = "█", " ▏▎▍▌▋▊▉", "░"
-_MIN_BAR, _MIN_NAME = 10, 8
+_MIN_BAR, _MIN_NAME, _MAX_FIELD = 10, 8, 14
 _MARKS = {"good": "✓", "bad": "✗", "other": "○", "none": " ", "unfinished": "…"}
 
 
@@ -360,7 +360,7 @@ def render_waterfall(spans: Sequence[Span], *, color: bool, width: int, source: 
             body = bar.strip(" ")
             bar = bar.replace(body, paint(body, tint, color=color), 1)
             result = paint(result, tint, color=color)
-        mark = paint(_MARKS[kind], tint or "", color=color) if tint is not None else _MARKS[kind]
+        mark = paint(_MARKS[kind], tint, color=color) if tint is not None else _MARKS[kind]
         result += padding
         lines.append(
             f"{mark} {_fit(name, name_w)}  {result}  {exit_code.rjust(exit_w)}  {bar}  {duration.rjust(duration_w)}"
@@ -376,10 +376,10 @@ def render_waterfall(spans: Sequence[Span], *, color: bool, width: int, source: 
 def _waterfall_cells(prefix: str, span: Span) -> tuple[str, str, str, str]:
     """The row's texts before padding: indented name, result, exit code, duration."""
     exit_code = span.attributes.get(EXIT_CODE)
-    return (
+    return (  # a result or exit code of any length (bad data) must not push the bars off the screen
         prefix + (_printable(span.name) or "(unnamed)"),
-        _printable(span_result(span) or ""),
-        "" if exit_code is None else _printable(str(exit_code)),
+        _fit(_printable(span_result(span) or ""), _MAX_FIELD).rstrip(),
+        "" if exit_code is None else _fit(_printable(str(exit_code)), _MAX_FIELD).rstrip(),
         format_duration(span.end_ns - span.start_ns) if span.end_ns else "unfinished",
     )
 

@@ -678,6 +678,16 @@ def test_waterfall_escapes_control_characters_and_cuts_long_names(tmp_path: Path
     assert row.startswith("  evil\\x1b[2Jxxx") and "…" in row and len(row) == 80
 
 
+def test_waterfall_cuts_overlong_results_and_exit_codes(tmp_path: Path) -> None:
+    attributes: Attributes = {"cicd.pipeline.task.run.result": "r" * 300, "process.exit.code": "9" * 300}
+    path = write_lines(tmp_path / "spans.jsonl", [span("step", TRACE_A, "01", attributes=attributes)])
+
+    _, out, _ = run_waterfall(path)
+
+    row = out.splitlines()[2]
+    assert len(row) == 80 and f"{'r' * 13}…  {'9' * 13}…  " in row
+
+
 def test_the_tree_view_is_still_there(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
 
