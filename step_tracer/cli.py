@@ -112,20 +112,52 @@ cli.add_command(
 
 @cli.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--trace", "trace_id", metavar="ID", help="Show one trace (an id prefix is enough).")
-@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Show the N most recent traces.")
-def show(file: str | None, trace_id: str | None, last: int | None) -> None:
-    """Print recorded spans as trees, with durations, results and resource figures.
+@click.option("--trace", "trace_id", metavar="ID", help="Show one trace (an id prefix is enough in a file).")
+@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Show the N most recent traces of the file.")
+@click.option(
+    "--from-jaeger",
+    "jaeger_url",
+    metavar="URL",
+    help="Read the trace given by --trace from Jaeger's query service (http://HOST:16686) instead of a file.",
+)
+@click.option("--tree", is_flag=True, help="Print each trace as a tree with every resource figure, not a waterfall.")
+@click.option(
+    "--width", type=click.IntRange(min=60), metavar="COLUMNS", help="Fit the waterfall to this width (60 or more)."
+)
+def show(
+    file: str | None,
+    trace_id: str | None,
+    last: int | None,
+    jaeger_url: str | None,
+    tree: bool,
+    width: int | None,
+) -> None:
+    """Print recorded spans as a waterfall per trace: step, result, exit code, a bar on the trace's time axis.
 
     FILE defaults to where `step-tracer run` writes when no collector is configured
     (STEP_TRACER_FILE, else $XDG_STATE_HOME/step-tracer/spans.jsonl, else ~/.local/state/step-tracer/spans.jsonl).
+    With --from-jaeger URL --trace ID the trace comes from Jaeger's HTTP API (GET URL/api/v3/traces/ID) instead.
+
+    On a terminal the waterfall fits its width (COLUMNS wins) and is coloured unless NO_COLOR is set; otherwise
+    it is plain text, 100 columns wide unless COLUMNS or --width says otherwise.
     """
     from step_tracer import show as show_module
+
+    view = show_module.TREE if tree else show_module.WATERFALL
+    color = show_module.use_color(sys.stdout, os.environ)
+    columns = width or show_module.terminal_width(sys.stdout, os.environ)
+    if jaeger_url is not None:
+        if file is not None or last is not None:
+            raise click.UsageError("--from-jaeger reads one trace from Jaeger: give --trace ID, not FILE or --last")
+        if trace_id is None:
+            raise click.UsageError("--from-jaeger needs --trace ID (the whole trace id)")
+        code = show_module.show_jaeger(jaeger_url, trace_id, out=sys.stdout, color=color, view=view, width=columns)
+        sys.exit(code)
     from step_tracer.export.settings import Settings
 
     path = file or Settings.from_env(os.environ, lambda _msg: None).file_path
-    color = show_module.use_color(sys.stdout, os.environ)
-    sys.exit(show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=color))
+    code = show_module.show(path, trace_id=trace_id, last=last, out=sys.stdout, color=color, view=view, width=columns)
+    sys.exit(code)
 
 
 @cli.command()

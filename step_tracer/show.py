@@ -1,15 +1,19 @@
-"""`step-tracer show`: print the spans in an OTLP JSON lines file as one tree per trace.
+"""`step-tracer show`: print the spans of OTLP JSON lines files, or of one trace in Jaeger, per trace.
 
-So a new user sees what the wrapper recorded without running a collector. The file is the
-wrapper's file exporter output or the Collector's `file` exporter output (one
-ExportTraceServiceRequest per line); both decode with `step_tracer.otlp.json_codec`.
+So a new user sees what the wrapper recorded without running a collector, and anyone sees a pipeline's steps
+without leaving the terminal. The file is the wrapper's file exporter output or the Collector's `file` exporter
+output (one ExportTraceServiceRequest per line); both decode with `step_tracer.otlp.json_codec`, as does Jaeger's
+api_v3 answer (see `step_tracer.jaeger`). Two views: the waterfall (default: where the time went and what failed,
+bars on the trace's own time axis) and the tree (every resource figure of every span).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
+from step_tracer import jaeger
 from step_tracer.otlp import json_codec
 from step_tracer.span import STATUS_ERROR, STATUS_OK, Span
 
@@ -41,6 +45,22 @@ _BAD_RESULTS = frozenset({"failure", "error", "timeout"})
 TreeRow = tuple[str, Span, bool]
 
 
+WATERFALL, TREE = "waterfall", "tree"
+MIN_WIDTH = 60
+PLAIN_WIDTH = 100  # not a terminal (a file, a pipe, CI logs): a fixed width, so the text is the same everywhere
+
+
+class Layout:
+    """How to draw: which view, how wide, whether in colour."""
+
+    __slots__ = ("color", "view", "width")
+
+    def __init__(self, *, color: bool, view: str = WATERFALL, width: int = PLAIN_WIDTH) -> None:
+        self.color = color
+        self.view = view
+        self.width = width
+
+
 def show(
     path: str,
     *,
@@ -49,9 +69,12 @@ def show(
     out: TextIO,
     color: bool,
     err: TextIO | None = None,
+    view: str = WATERFALL,
+    width: int = PLAIN_WIDTH,
 ) -> int:
     """Render the traces in `path` to `out`, problems to `err` (stderr by default); returns the exit code."""
     err = err if err is not None else sys.stderr
+    layout = Layout(color=color, view=view, width=width)
     if last is not None and last < 1:
         err.write(f"step-tracer: --last must be at least 1, got {last}\n")
         return 2
@@ -67,10 +90,35 @@ def show(
     if malformed and not spans:  # binary, another format, or not UTF-8: one line says so
         err.write(f"step-tracer: {path} holds no spans: {_plural(malformed, 'line')} not OTLP JSON ({HOW_TO_RECORD})\n")
         return 1
-    code = _render_file(path, spans, trace_id=trace_id, last=last, out=out, err=err, color=color)
+    code = _render_file(path, spans, trace_id=trace_id, last=last, out=out, err=err, layout=layout)
     if malformed:
         err.write(malformed_summary(malformed, path) + "\n")
     return code
+
+
+def show_jaeger(
+    url: str,
+    trace_id: str,
+    *,
+    out: TextIO,
+    color: bool,
+    err: TextIO | None = None,
+    view: str = WATERFALL,
+    width: int = PLAIN_WIDTH,
+    timeout: float = jaeger.TIMEOUT,
+) -> int:
+    """Render one trace read from the Jaeger query service at `url`; a problem is one line on `err`."""
+    err = err if err is not None else sys.stderr
+    try:
+        spans = jaeger.fetch_trace(url, trace_id, timeout=timeout)
+    except jaeger.JaegerError as error:
+        err.write(f"step-tracer: {error}\n")
+        return 1
+    source = f"Jaeger at {jaeger.display_url(url)}"
+    render_traces(
+        group_traces(dedupe(spans)), out=out, layout=Layout(color=color, view=view, width=width), source=source
+    )
+    return 0
 
 
 def use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
@@ -83,6 +131,24 @@ def use_color(stream: TextIO, env: Mapping[str, str]) -> bool:
         return False
 
 
+def terminal_width(stream: TextIO, env: Mapping[str, str]) -> int:
+    """COLUMNS when set (as shells and `shutil` honour it), else the terminal's width, else a fixed plain width.
+
+    Never below MIN_WIDTH: narrower than that a row cannot hold a name, a result and a bar, so it wraps instead.
+    """
+    columns = env.get("COLUMNS", "")
+    width = PLAIN_WIDTH
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    else:
+        try:
+            if stream.isatty():
+                width = os.get_terminal_size(stream.fileno()).columns or PLAIN_WIDTH
+        except (OSError, ValueError):  # closed, or not a real file descriptor
+            pass
+    return max(width, MIN_WIDTH)
+
+
 def _render_file(
     path: str,
     spans: list[Span],
@@ -91,7 +157,7 @@ def _render_file(
     last: int | None,
     out: TextIO,
     err: TextIO,
-    color: bool,
+    layout: Layout,
 ) -> int:
     if not spans:
         out.write(f"no spans in {path}\n")
@@ -104,8 +170,17 @@ def _render_file(
             return 1
     if last is not None:
         traces = traces[-last:]
-    out.write("\n\n".join("\n".join(render_trace(t, color=color)) for t in traces) + "\n")
+    render_traces(traces, out=out, layout=layout, source="file")
     return 0
+
+
+def render_traces(traces: Sequence[list[Span]], *, out: TextIO, layout: Layout, source: str) -> None:
+    """Each trace in the chosen view, a blank line between traces."""
+    if layout.view == TREE:
+        blocks = [render_trace(t, color=layout.color) for t in traces]
+    else:
+        blocks = [render_waterfall(t, color=layout.color, width=layout.width, source=source) for t in traces]
+    out.write("\n\n".join("\n".join(block) for block in blocks) + "\n")
 
 
 def _trace_mismatch(trace_id: str, matches: int, path: str) -> str:
@@ -227,6 +302,112 @@ def trace_header(spans: Sequence[Span]) -> str:
     wall = format_duration(max(ends) - spans[0].start_ns) if ends else "unfinished"
     trace_id = _printable(spans[0].trace_id) or "(no trace id)"
     return f"trace {trace_id}  {_plural(count, 'span')}  {wall}"
+
+
+_FULL, _EIGHTHS, _UNFINISHED = "█", " ▏▎▍▌▋▊▉", "░"
+_MIN_BAR, _MIN_NAME, _MAX_FIELD = 10, 8, 14
+_MARKS = {"good": "✓", "bad": "✗", "other": "○", "none": " ", "unfinished": "…"}
+
+
+def outcome(span: Span) -> str:
+    """good, bad, other (cancellation, skip, ...), none (no result recorded) or unfinished: the row's marker."""
+    if not span.end_ns:
+        return "unfinished"
+    result = (span_result(span) or "").lower()
+    if not result:
+        return "none"
+    return "good" if result in _GOOD_RESULTS else "bad" if result in _BAD_RESULTS else "other"
+
+
+def render_waterfall(spans: Sequence[Span], *, color: bool, width: int, source: str) -> list[str]:
+    """One trace as a waterfall: header, axis, then one row per span in tree order.
+
+    Each row is a marker (✓ ✗ ○ …), the indented name, the result, the exit code, a bar placed on the trace's own
+    time axis (eighth-cell precision at its end) and the duration; the row fits `width` columns, names giving way
+    first. Colour, when asked, marks failures red and successes green; the markers say the same without it.
+    """
+    rows = tree_rows(spans)
+    start = min(s.start_ns for s in spans)
+    end = max([s.end_ns for s in spans if s.end_ns] + [s.start_ns for s in spans])
+    total = max(end - start, 1)
+    cells = [_waterfall_cells(prefix, span) for prefix, span, _ in rows]
+    result_w = max([len("result"), *(len(c[1]) for c in cells)])
+    exit_w = max([len("exit"), *(len(c[2]) for c in cells)])
+    duration_w = max(len(c[3]) for c in cells)
+    fixed = 2 + 2 + result_w + 2 + exit_w + 2 + 2 + duration_w
+    name_w = min(max(len(c[0]) for c in cells), max(_MIN_NAME, (width - fixed) // 2))
+    bar_w = max(_MIN_BAR, width - fixed - name_w)
+
+    failed = sum(1 for _, span, _ in rows if outcome(span) == "bad")
+    failures = _plural(failed, "failed step")
+    header = trace_header(spans) + (f"  {failures}" if failed else "")
+    if len(header) > width:  # the trace id is never cut (it is what one copies): the figures go below it
+        header = header.replace("  ", "\n  ", 1)
+    if failed:
+        header = header.replace(failures, paint(failures, "failure", color=color))
+    axis = _axis(total, bar_w)
+    lines = [
+        *header.split("\n"),
+        f"  {'step'.ljust(name_w)}  {'result'.ljust(result_w)}  {'exit'.rjust(exit_w)}  {axis}".rstrip(),
+    ]
+    orphans: dict[str, list[str]] = {}
+    for (_, span, orphan), (name, result, exit_code, duration) in zip(rows, cells, strict=True):
+        kind = outcome(span)
+        tint = {"good": "success", "bad": "failure", "other": "other"}.get(kind)
+        bar = _bar(span, start, total, bar_w)
+        padding = " " * (result_w - len(result))
+        if tint is not None:  # paint what is drawn, not the spaces around it
+            body = bar.strip(" ")
+            bar = bar.replace(body, paint(body, tint, color=color), 1)
+            result = paint(result, tint, color=color)
+        mark = paint(_MARKS[kind], tint, color=color) if tint is not None else _MARKS[kind]
+        result += padding
+        lines.append(
+            f"{mark} {_fit(name, name_w)}  {result}  {exit_code.rjust(exit_w)}  {bar}  {duration.rjust(duration_w)}"
+        )
+        if orphan:
+            orphans.setdefault(span.parent_span_id, []).append(_printable(span.name) or "(unnamed)")
+    for parent, names in orphans.items():  # the TaskRun's span, typically, when only the steps were recorded
+        note = f"  ↑ parent {_printable(parent[:8])} not in {source}: {', '.join(names)}"
+        lines.append(_fit(note, width).rstrip())
+    return lines
+
+
+def _waterfall_cells(prefix: str, span: Span) -> tuple[str, str, str, str]:
+    """The row's texts before padding: indented name, result, exit code, duration."""
+    exit_code = span.attributes.get(EXIT_CODE)
+    return (  # a result or exit code of any length (bad data) must not push the bars off the screen
+        prefix + (_printable(span.name) or "(unnamed)"),
+        _fit(_printable(span_result(span) or ""), _MAX_FIELD).rstrip(),
+        "" if exit_code is None else _fit(_printable(str(exit_code)), _MAX_FIELD).rstrip(),
+        format_duration(span.end_ns - span.start_ns) if span.end_ns else "unfinished",
+    )
+
+
+def _fit(text: str, width: int) -> str:
+    return text.ljust(width) if len(text) <= width else text[: width - 1] + "…"
+
+
+def _axis(total: int, width: int) -> str:
+    """0 at the bar's left edge, the trace's duration at its right, half of it in the middle when there is room."""
+    left, right, middle = "0s", format_duration(total), format_duration(total / 2)
+    line = left + right.rjust(width - len(left))
+    centre = width // 2 - len(middle) // 2
+    if centre > len(left) + 1 and centre + len(middle) < width - len(right) - 1:
+        line = line[:centre] + middle + line[centre + len(middle) :]
+    return line
+
+
+def _bar(span: Span, start: int, total: int, width: int) -> str:
+    """The span's bar on the trace's axis: from the cell edge nearest its start to its end in eighths; never empty."""
+    scale = width * 8 / total
+    first = min(round((span.start_ns - start) * scale / 8), width - 1)  # the nearest cell edge: off by half at most
+    if not span.end_ns:  # still running when the trace was read: shaded to the trace's end
+        return " " * first + _UNFINISHED * (width - first)
+    stop = min(max(round((span.end_ns - start) * scale), first * 8 + 1), width * 8)
+    length = stop - first * 8
+    body = _FULL * (length // 8) + (_EIGHTHS[length % 8] if length % 8 else "")
+    return (" " * first + body).ljust(width)
 
 
 def span_details(span: Span, *, color: bool) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def test_default_without_collector_writes_the_file_that_show_reads(wrapper: Wrap
         [wrapper.executable, "show", str(wrapper.file)], capture_output=True, env=wrapper.env, check=True
     )
     text = shown.stdout.decode()
-    assert "unit-tests" in text and "failure" in text and "exit=1" in text
+    assert re.search(r"^✗ unit-tests +failure +1  ", text, re.MULTILINE), text  # the waterfall: mark, result, exit
 
 
 def _collector_failure_env(kind: str, http_receiver: HttpReceiver, blackhole: Blackhole, dead_port: int,

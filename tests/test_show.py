@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from step_tracer.otlp.json_codec import encode
 from step_tracer.show import (
+    PLAIN_WIDTH,
+    TREE,
     dedupe,
     format_bytes,
     format_cpu,
@@ -17,13 +22,12 @@ from step_tracer.show import (
     group_traces,
     read_spans,
     show,
+    terminal_width,
     use_color,
 )
 from step_tracer.span import STATUS_ERROR, STATUS_OK, STATUS_UNSET, Batch, Span
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from step_tracer.span import Attributes
 
 T0 = 1_700_000_000_000_000_000
@@ -70,10 +74,11 @@ def write_lines(path: Path, *lines: list[Span] | str) -> Path:
 
 
 def run_show(
-    path: Path, *, trace_id: str | None = None, last: int | None = None, color: bool = False
+    path: Path, *, trace_id: str | None = None, last: int | None = None, color: bool = False, view: str = TREE
 ) -> tuple[int, str, str]:
+    """The tree view unless asked: most tests here are about structure and fields, which it prints in full."""
     out, err = io.StringIO(), io.StringIO()
-    code = show(str(path), trace_id=trace_id, last=last, out=out, color=color, err=err)
+    code = show(str(path), trace_id=trace_id, last=last, out=out, color=color, err=err, view=view)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -537,3 +542,181 @@ def test_colour_only_on_a_terminal_and_never_under_no_color(
     env: dict[str, str], stream: io.StringIO, expected: bool
 ) -> None:
     assert use_color(stream, env) is expected
+
+
+# --- the waterfall (the default view) -------------------------------------------------------------
+
+
+GOLDEN_80 = (
+    "trace aaaa0000000000000000000000000001  9 spans  1m40s  2 failed steps\n"
+    "  step                    result        exit  0s       50.0s   1m40s\n"
+    "  PipelineRun:docker-bu…                      ██████████████████████       1m40s\n"
+    "  ├─ TaskRun:clone                            ████▋                        20.0s\n"
+    "✓ │  └─ clone             success          0  ████▍                        18.0s\n"
+    "  ├─ TaskRun:build                                 ███████████████▎        1m10s\n"
+    "✓ │  ├─ prepare           success          0       ▏                       500ms\n"
+    "✗ │  ├─ build-and-push-…  failure          2       █████████████▌          1m00s\n"
+    "… │  └─ sbom                                                     ░░░  unfinished\n"
+    "✗ └─ TaskRun:show-summa…  error                                   ██        7.0s\n"
+    "○    └─ cancelled         cancellation   143                       ▏         0ms\n"
+)
+
+
+def pipeline_run() -> list[Span]:
+    """A PipelineRun as Tekton and step-tracer record it: Tekton's run spans (no result) over the steps' spans."""
+    ok, failed = "success", "failure"
+
+    def step(name: str, span_id: str, parent: str, start: int, duration: int, result: str, code: int) -> Span:
+        attributes: Attributes = {"cicd.pipeline.task.run.result": result, "process.exit.code": code}
+        return span(name, TRACE_A, span_id, parent, start=start, duration=duration, attributes=attributes)
+
+    return [
+        span("PipelineRun:docker-build", TRACE_A, "01", start=0, duration=100 * S),
+        span("TaskRun:clone", TRACE_A, "02", "01", start=1 * S, duration=20 * S),
+        step("clone", "03", "02", 2 * S, 18 * S, ok, 0),
+        span("TaskRun:build", TRACE_A, "04", "01", start=22 * S, duration=70 * S),
+        step("prepare", "05", "04", 23 * S, 500 * MS, ok, 0),
+        step("build-and-push-an-image-with-a-very-long-name", "06", "04", 24 * S, 60 * S, failed, 2),
+        span("sbom", TRACE_A, "07", "04", start=85 * S, finished=False),
+        span("TaskRun:show-summary", TRACE_A, "08", "01", start=93 * S, duration=7 * S, status=STATUS_ERROR),
+        step("cancelled", "09", "08", 94 * S, 0, "cancellation", 143),
+    ]
+
+
+def run_waterfall(path: Path, *, width: int = 80, color: bool = False) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = show(str(path), trace_id=None, last=None, out=out, color=color, err=err, width=width)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_waterfall_golden_plain(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
+
+    code, out, err = run_waterfall(path)
+
+    assert (code, err) == (0, "")
+    assert out == GOLDEN_80, "\n" + out
+
+
+def test_waterfall_bars_sit_on_the_traces_time_axis(tmp_path: Path) -> None:
+    spans = [
+        span("whole", TRACE_A, "01", start=0, duration=8 * S),
+        span("first-half", TRACE_A, "02", "01", start=0, duration=4 * S),
+        span("second-half", TRACE_A, "03", "01", start=4 * S, duration=4 * S),
+        span("last-eighth", TRACE_A, "04", "01", start=7 * S, duration=1 * S),
+        span("a-third", TRACE_A, "05", "01", start=0, duration=8 * S // 3),
+    ]
+    path = write_lines(tmp_path / "spans.jsonl", spans)
+
+    _, out, _ = run_waterfall(path, width=60)
+
+    axis, *rows = out.splitlines()[1:]
+    left, width = axis.index("0s"), len(axis) - axis.index("0s")
+    names = ("whole", "first-half", "second-half", "last-eighth", "a-third")
+    bars = {name: row[left : left + width].rstrip() for row in rows for name in names if f" {name} " in row}
+    assert axis.endswith("8.0s") and "4.0s" in axis and max(len(row) for row in rows) == 60
+    assert bars["whole"] == "█" * width
+    assert bars["first-half"] == "█" * (width // 2)
+    assert bars["second-half"] == " " * (width // 2) + "█" * (width - width // 2)
+    seven_eighths = round(width * 7 / 8)  # a bar starts at the nearest cell edge
+    assert bars["last-eighth"] == " " * seven_eighths + "█" * (width - seven_eighths)
+    eighths = round(width * 8 / 3)  # and ends to the eighth of a cell
+    assert bars["a-third"] == "█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8].strip()
+
+
+@pytest.mark.parametrize("width", [60, 67, 80, 101, 132, 200])
+def test_waterfall_rows_fit_the_width(tmp_path: Path, width: int) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
+
+    _, out, _ = run_waterfall(path, width=width)
+
+    lines = out.splitlines()
+    assert all(len(line) <= width for line in lines), [len(line) for line in lines]
+    assert max(len(line) for line in lines[2:]) == width  # the bars take what the names leave
+    assert lines[0] == f"trace {TRACE_A}" if width < 70 else lines[0].startswith(f"trace {TRACE_A}  9 spans")
+
+
+def test_waterfall_marks_failures_without_colour_and_paints_them_with_it(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
+
+    _, plain, _ = run_waterfall(path, color=False)
+    _, colored, _ = run_waterfall(path, color=True)
+
+    assert "\x1b" not in plain
+    failed = [line for line in plain.splitlines() if line.startswith("✗")]
+    assert len(failed) == 2 and "build-and-push-…" in failed[0] and "TaskRun:show-summa…" in failed[1]
+    red_row = next(line for line in colored.splitlines() if "build-and-push" in line)
+    assert (
+        red_row.startswith("\x1b[31m✗\x1b[0m") and "\x1b[31mfailure\x1b[0m" in red_row and "  \x1b[31m████" in red_row
+    )
+    green_row = next(line for line in colored.splitlines() if "prepare" in line)
+    assert green_row.startswith("\x1b[32m✓\x1b[0m")
+    assert "\x1b[31m2 failed steps\x1b[0m" in colored.splitlines()[0]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", colored) == plain
+
+
+def test_waterfall_notes_parents_outside_the_file(tmp_path: Path) -> None:
+    spans = [
+        span("clone", TRACE_A, "01", "ff", start=0),
+        span("build", TRACE_A, "02", "ff", start=S),
+        span("local", TRACE_A, "03", start=2 * S),
+    ]
+    path = write_lines(tmp_path / "spans.jsonl", spans)
+
+    _, out, _ = run_waterfall(path)
+
+    assert out.splitlines()[-1] == "  ↑ parent ff000000 not in file: clone, build"
+
+
+def test_waterfall_escapes_control_characters_and_cuts_long_names(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", [span("evil\x1b[2J" + "x" * 200, TRACE_A, "01")])
+
+    _, out, _ = run_waterfall(path, color=True)
+
+    assert "\x1b[2J" not in out
+    row = out.splitlines()[2]
+    assert row.startswith("  evil\\x1b[2Jxxx") and "…" in row and len(row) == 80
+
+
+def test_waterfall_cuts_overlong_results_and_exit_codes(tmp_path: Path) -> None:
+    attributes: Attributes = {"cicd.pipeline.task.run.result": "r" * 300, "process.exit.code": "9" * 300}
+    path = write_lines(tmp_path / "spans.jsonl", [span("step", TRACE_A, "01", attributes=attributes)])
+
+    _, out, _ = run_waterfall(path)
+
+    row = out.splitlines()[2]
+    assert len(row) == 80 and f"{'r' * 13}…  {'9' * 13}…  " in row
+
+
+def test_the_tree_view_is_still_there(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
+
+    _, out, _ = run_show(path, view=TREE)
+
+    assert "├─ TaskRun:build  1m10s\n│  ├─ prepare  500ms  success  exit=0\n" in out
+
+
+@pytest.mark.parametrize(
+    ("env", "stream", "expected"),
+    [
+        ({"COLUMNS": "123"}, io.StringIO(), 123),
+        ({"COLUMNS": "wide"}, io.StringIO(), PLAIN_WIDTH),
+        ({}, io.StringIO(), PLAIN_WIDTH),
+    ],
+)
+def test_width_is_columns_else_the_terminal_else_fixed(env: dict[str, str], stream: io.StringIO, expected: int) -> None:
+    assert terminal_width(stream, env) == expected
+
+
+def test_the_command_shows_the_waterfall_by_default_and_the_tree_on_request(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "spans.jsonl", pipeline_run())
+    launcher = str(Path(sys.executable).parent / "step-tracer")
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "80"}
+
+    waterfall = subprocess.run([launcher, "show", str(path)], capture_output=True, text=True, env=env, check=True)
+    narrow = subprocess.run([launcher, "show", "--width", "60", str(path)], capture_output=True, text=True, env=env)
+    tree = subprocess.run([launcher, "show", "--tree", str(path)], capture_output=True, text=True, env=env)
+
+    assert (waterfall.stdout, waterfall.stderr) == (GOLDEN_80, "")
+    assert max(len(line) for line in narrow.stdout.splitlines()) == 60
+    assert tree.stdout.splitlines()[1] == "PipelineRun:docker-build  1m40s"

@@ -114,8 +114,41 @@ def decode(line: str) -> list[Batch]:
 
     try:
         request = json.loads(line)
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit: never a real request
+        raise ValueError("not an OTLP JSON trace request: nested too deeply") from None
+    except ValueError as err:
+        raise ValueError(f"not an OTLP JSON trace request: {err}") from err
+    return decode_request(request)
+
+
+def _enum(value: object, names: Mapping[str, int]) -> int:
+    """A protobuf enum as the JSON mapping allows it: its number, or its name (which parsers must accept)."""
+    if isinstance(value, str):
+        return names[value] if value in names else int(value)
+    if isinstance(value, (int, float)):
+        return int(value)
+    raise ValueError(f"not an enum value: {value!r}")
+
+
+_KINDS = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
+_STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def decode_request(request: object) -> list[Batch]:
+    """Batches from an already parsed OTLP JSON request (a TracesData object has the same shape).
+
+    Raises ValueError on anything else; a Jaeger api_v3 answer's `result` is such an object.
+    """
+    try:
         batches = []
-        for rs in request.get("resourceSpans", []):
+        for rs in request.get("resourceSpans", []):  # type: ignore[attr-defined]
             resource = _decode_attributes(rs.get("resource", {}).get("attributes"))
             spans = []
             for ss in rs.get("scopeSpans", []):
@@ -129,7 +162,7 @@ def decode(line: str) -> list[Batch]:
                             _hex(s.get("parentSpanId")),
                             trace_state=s.get("traceState", ""),
                             trace_flags=int(s.get("flags", 1)) & 0xFF,
-                            kind=int(s.get("kind", 1)),
+                            kind=_enum(s.get("kind", 1), _KINDS),
                             start_ns=int(s.get("startTimeUnixNano", 0)),
                             end_ns=int(s.get("endTimeUnixNano", 0)),
                             attributes=_decode_attributes(s.get("attributes")),
@@ -141,7 +174,7 @@ def decode(line: str) -> list[Batch]:
                                 )
                                 for e in s.get("events", [])
                             ],
-                            status_code=int(status.get("code", 0)),
+                            status_code=_enum(status.get("code", 0), _STATUS_CODES),
                             status_message=status.get("message", ""),
                         )
                     )
