@@ -254,7 +254,9 @@ spec:
     ]  # fmt: skip
     assert spec["sidecars"][0]["image"] == "quay.io/step-tracer/step-tracer:0.1.0"
     assert spec["steps"][0]["command"][0] == W
-    assert "  volumes: [{name: step-tracer-bin, emptyDir: {}}, " in result.text
+    # An empty flow list in a block mapping gets block lines, not one long flow line; a non-empty one stays flow.
+    assert "spec:\n  volumes:\n    - name: step-tracer-bin\n      emptyDir: {}\n" in result.text
+    assert "  stepTemplate: {env: [{name: A, value: b}], volumeMounts: [{name: step-tracer-bin, " in result.text
     assert patch_text(result.text, OPTS).text == result.text
 
 

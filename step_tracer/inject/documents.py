@@ -27,7 +27,11 @@ from step_tracer.inject.model import (
     Location,
     Op,
     ParseError,
+    PrefixScript,
     Problem,
+    Replace,
+    ReplaceFirstLine,
+    ReplaceItems,
     SetKey,
 )
 from step_tracer.inject.yamltext import EditError, TextEditor, detect_style
@@ -200,15 +204,22 @@ def apply_to_data(doc: Any, ops: Sequence[Op]) -> None:
     """Apply operations to plain data (JSON output, and the expectation the YAML text is checked against)."""
     for op in ops:
         target = doc
-        for key in op.path:
+        for key in op.path[:-1] if isinstance(op, Replace) else op.path:
             target = target[key]
-        if isinstance(op, InsertItems):
+        if isinstance(op, Replace):
+            target[op.path[-1]] = copy.deepcopy(op.value)
+        elif isinstance(op, ReplaceItems):
+            target[op.start : op.stop] = copy.deepcopy(list(op.items))
+        elif isinstance(op, ReplaceFirstLine):
+            _, nl, rest = target[op.key].partition("\n")
+            target[op.key] = op.line + nl + rest
+        elif isinstance(op, InsertItems):
             target[op.index : op.index] = copy.deepcopy(list(op.items))
         elif isinstance(op, AppendItems):
             target.extend(copy.deepcopy(list(op.items)))
         elif isinstance(op, SetKey):
             _set_key(target, op)
-        else:
+        elif isinstance(op, PrefixScript):
             target[op.key] = op.prefix + target[op.key]
 
 

@@ -117,13 +117,15 @@ class Note:
         return f"{self.level}: {self.location}: {self.message}"
 
 
-StepState = Literal["already", "wrapped", "unwrapped", "ref"]
+StepState = Literal["already", "stale", "wrapped", "unwrapped", "ref"]
 
 
 @dataclass(frozen=True)
 class StepReport:
-    """What happened to one step. `already`: wrapped in the input; `wrapped`: wrapped by this patch;
-    `unwrapped`: left alone (see `reason`); `ref`: a StepAction reference, patched through the StepAction."""
+    """What happened to one step. `already`: wrapped in the input, up to date; `stale`: wrapped in the input with
+    options that no longer fit the step (renamed, moved, new timeout: `reason` says what), brought up to date;
+    `wrapped`: wrapped by this patch; `unwrapped`: left alone (see `reason`); `ref`: a StepAction reference,
+    patched through the StepAction."""
 
     location: Location
     index: int
@@ -139,6 +141,11 @@ class PatchResult:
     steps: list[StepReport] = field(default_factory=list)
     # Task specs that lacked the volumes/stepTemplate mounts/sidecar (and got them from this patch).
     additions_missing: list[Location] = field(default_factory=list)
+    # Task specs whose volumes/mounts/sidecar were step-tracer's but out of date (the Task changed since it was
+    # patched, or the options did), with what was stale; this patch brought them up to date.
+    additions_stale: list[tuple[Location, str]] = field(default_factory=list)
+    # How many Tekton Tasks, Pipelines and StepActions the text holds (0: nothing for step-tracer here).
+    resources: int = 0
 
     @property
     def unwrapped(self) -> list[StepReport]:
@@ -154,9 +161,12 @@ class PatchResult:
         for s in self.steps:
             if s.state == "wrapped":
                 lines.append(f"{s.location}: not instrumented")
+            elif s.state == "stale":
+                lines.append(f"{s.location}: stale: {s.reason}")
             elif s.state == "unwrapped":
                 lines.append(f"{s.location}: not instrumented, cannot be wrapped: {s.reason}")
         lines.extend(f"{loc}: step-tracer volumes, mounts or sidecar missing" for loc in self.additions_missing)
+        lines.extend(f"{loc}: stale: {what}" for loc, what in self.additions_stale)
         return lines
 
 
@@ -203,4 +213,31 @@ class PrefixScript:
     prefix: str
 
 
-Op: TypeAlias = InsertItems | AppendItems | SetKey | PrefixScript
+@dataclass(frozen=True)
+class Replace:
+    """Replace the value at `path` (a mapping's key or a sequence's index, last) with `value`."""
+
+    path: Path
+    value: Any
+
+
+@dataclass(frozen=True)
+class ReplaceItems:
+    """Replace items `start` to `stop` (exclusive, `stop` < the sequence's length) of the sequence at `path`."""
+
+    path: Path
+    start: int
+    stop: int
+    items: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ReplaceFirstLine:
+    """Replace the first line of the string at `path[key]` (a script's #! line) with `line`."""
+
+    path: Path
+    key: str
+    line: str
+
+
+Op: TypeAlias = InsertItems | AppendItems | SetKey | PrefixScript | Replace | ReplaceItems | ReplaceFirstLine

@@ -64,6 +64,8 @@ def _patch(
         notes=[n for p in plans for n in p.notes],
         steps=[s for p in plans for s in p.steps],
         additions_missing=[loc for p in plans for loc in p.additions_missing],
+        additions_stale=[stale for p in plans for stale in p.additions_stale],
+        resources=sum(p.resources for p in plans),
     )
     docs = stream.docs
     if any(p.ops for p in plans):
