@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from ruamel.yaml import YAML
 
-from step_tracer.inject import InjectError, InjectOptions, PatchResult, patch_text
+from step_tracer.inject import DEFAULT_SIDECAR_IMAGE, InjectError, InjectOptions, PatchResult, patch_text
 
 W = "/step-tracer/bin/step-tracer"
 OPTS = InjectOptions()
@@ -55,7 +55,7 @@ def sidecars(resources_key: str = "computeResources", steps_json: str = "[]") ->
     return f"""\
   sidecars:
     - name: step-tracer
-      image: quay.io/step-tracer/step-tracer:0.1.0
+      image: {DEFAULT_SIDECAR_IMAGE}
       command:
         - step-tracer
         - sidecar

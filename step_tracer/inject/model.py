@@ -14,7 +14,12 @@ from typing import Any, Literal, TypeAlias
 from step_tracer.tekton import paths
 
 DEFAULT_WRAPPER = paths.WRAPPER
-DEFAULT_SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer:0.1.0"
+# Pinned by digest, as every image in Konflux's tasks is: a tag can move under a Task nobody changed. No 0.1.0 image
+# is published yet, so the digest is a visible placeholder (all zeros): it fails to pull, loudly, instead of pulling
+# whatever the tag points at. At release it becomes the pushed image's digest (hack/build-image prints it); until
+# then give --sidecar-image your own build, by digest.
+SIDECAR_IMAGE_DIGEST = "sha256:" + "0" * 64
+DEFAULT_SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer:0.1.0@" + SIDECAR_IMAGE_DIGEST
 DEFAULT_OTLP_SECRET = "step-tracer-otlp"
 
 BIN_VOLUME = "step-tracer-bin"
@@ -58,8 +63,8 @@ class InjectOptions:
         if not self.wrapper.startswith("/") or any(c.isspace() for c in self.wrapper):
             # The wrapper is a shebang interpreter: the kernel needs an absolute path without blanks.
             raise ValueError(f"wrapper path must be absolute and contain no whitespace: {self.wrapper!r}")
-        if not self.sidecar_image:
-            raise ValueError("sidecar image must not be empty")
+        if not self.sidecar_image or any(c.isspace() for c in self.sidecar_image):
+            raise ValueError(f"--sidecar-image must be an image reference without blanks: {self.sidecar_image!r}")
         if not self.otlp_secret:
             raise ValueError("OTLP secret name must not be empty")
         if self.resolve_entrypoints and self.resolve is None:
