@@ -62,11 +62,11 @@ class InjectOptions:
     def __post_init__(self) -> None:
         if not self.wrapper.startswith("/") or any(c.isspace() for c in self.wrapper):
             # The wrapper is a shebang interpreter: the kernel needs an absolute path without blanks.
-            raise ValueError(f"wrapper path must be absolute and contain no whitespace: {self.wrapper!r}")
+            raise ValueError(f"--wrapper must be an absolute path without blanks: {self.wrapper!r}")
         if not self.sidecar_image or any(c.isspace() for c in self.sidecar_image):
             raise ValueError(f"--sidecar-image must be an image reference without blanks: {self.sidecar_image!r}")
         if not self.otlp_secret:
-            raise ValueError("OTLP secret name must not be empty")
+            raise ValueError("--otlp-secret must not be empty")
         if self.resolve_entrypoints and self.resolve is None:
             raise ValueError("resolve_entrypoints needs a resolve(image) callable")
 

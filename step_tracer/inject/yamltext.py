@@ -184,6 +184,8 @@ class TextEditor:
         # (start, end, order, sequence, replacement); see insert() for `order`.
         self._edits: list[tuple[int, int, int, int, str]] = []
         self._at_open_end = False
+        # Empty flow collections (`volumes: []`, `spec: {}`) being filled, by node: written once, in block style.
+        self._fill: dict[int, tuple[Node, str | int, Any]] = {}
 
     # -- rendering ---------------------------------------------------------------------------------
 
@@ -276,6 +278,9 @@ class TextEditor:
         self._edits.append((start, end, order, len(self._edits), text))
 
     def result(self) -> str:
+        for parent, last, value in self._fill.values():
+            self._replace(parent, last, value)
+        self._fill.clear()
         out, prev = [], 0
         for start, end, _, _, text in sorted(self._edits):
             if start < prev:
@@ -296,9 +301,14 @@ class TextEditor:
         if empty_flow and op.path and isinstance(op, AppendItems | SetKey):
             parent = resolve(root, op.path[:-1])
             if isinstance(parent, MappingNode | SequenceNode) and not parent.flow_style:
-                # `volumes: []` or `stepTemplate: {}` in a block mapping: write what we add in block style too.
-                value = list(op.items) if isinstance(op, AppendItems) else {op.key: op.value}
-                self._replace(parent, op.path[-1], value)
+                # `volumes: []` or `stepTemplate: {}` in a block mapping: write what we add in block style too,
+                # all of it at once (several edits may fill the same `spec: {}`).
+                empty: Any = [] if isinstance(op, AppendItems) else {}
+                value = self._fill.setdefault(id(node), (parent, op.path[-1], empty))[2]
+                if isinstance(op, AppendItems):
+                    value.extend(op.items)
+                else:
+                    value[op.key] = op.value
                 return
         if isinstance(op, ReplaceItems):
             self._replace_items(_expect(node, SequenceNode, op.path), op)
