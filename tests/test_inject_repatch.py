@@ -9,6 +9,7 @@ absent); the corpus is read, never copied.
 from __future__ import annotations
 
 import difflib
+import io
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -221,6 +222,22 @@ def test_an_added_step_is_wrapped_and_the_others_move_in_every_layout() -> None:
     assert "        - --tekton-step-index\n" not in removed and '        - "2"' in added
     assert pending[0] == "t.yaml: Task/build: step added: not instrumented"
     assert "t.yaml: Task/build: step push: stale: wrapper options out of date (index 2 -> 3)" in pending
+
+
+def test_the_closing_line_counts_what_was_stale(tmp_path: Path) -> None:
+    from step_tracer.inject import inject_paths
+
+    path = tmp_path / "t.yaml"
+    path.write_text(rename_step(patch_text(TASK, OPTS).text) or "")
+    err = io.StringIO()
+    code = inject_paths(
+        [str(path)], write=False, out=io.StringIO(), check=True, diff=False, options=OPTS, err=err, summary=True
+    )
+    assert code == 1
+    assert err.getvalue().splitlines()[-1] == (
+        "step-tracer inject: 1 file, 0 steps to wrap, 2 already wrapped, 1 stale to update, "
+        "1 Task spec with a stale sidecar, volumes or mounts to update"
+    )
 
 
 def test_removed_step_and_new_timeout() -> None:

@@ -264,12 +264,14 @@ class _Tally:
     def __init__(self) -> None:
         self.files = 0
         self.resources = 0
+        self.stale_additions = 0
         self.states: dict[str, int] = {}
         self.reasons: dict[str, int] = {}
 
     def add(self, result: PatchResult) -> None:
         self.files += 1
         self.resources += result.resources
+        self.stale_additions += len(result.additions_stale)
         for step in result.steps:
             self.states[step.state] = self.states.get(step.state, 0) + 1
             if step.state == "unwrapped":
@@ -284,6 +286,9 @@ class _Tally:
         parts.append(f"{already} already wrapped")
         if self.states.get("stale"):
             parts.append(f"{self.states['stale']} stale {'to update' if check else 'updated'}")
+        if self.stale_additions:
+            specs = _count(self.stale_additions, "Task spec")
+            parts.append(f"{specs} with a stale sidecar, volumes or mounts {'to update' if check else 'updated'}")
         if self.states.get("ref"):
             refs = _count(self.states["ref"], "StepAction reference")
             parts.append(f"{refs} (traced through the StepAction)")
