@@ -41,7 +41,7 @@ def _click_main(args: list[str]) -> int:
         return 1
     except click.UsageError as err:
         where = err.ctx.command_path if err.ctx is not None else "step-tracer"
-        if err.ctx is not None and where == "step-tracer" and args[:1] and args[0] in cli.list_commands(err.ctx):
+        if where == "step-tracer" and args[:1] and (args[0] in cli.commands or args[0] in getattr(cli, "lazy", {})):
             where = f"step-tracer {args[0]}"  # click blames the group for some of a subcommand's option errors
         message = " ".join(err.format_message().split())
         sys.stderr.write(f"step-tracer: {message} (see {where} --help)\n")

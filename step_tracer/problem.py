@@ -15,3 +15,17 @@ def describe(err: BaseException) -> str:
     if tb is not None:
         where = f" at {tb.tb_frame.f_code.co_filename.rpartition('/step_tracer/')[2]}:{tb.tb_lineno}"
     return f"internal error ({type(err).__name__}{where}); please report it"
+
+
+def reason(err: BaseException) -> str:
+    """Why an I/O step failed, in the system's words without Python's wrapping (`[Errno 111] ...`, a class name):
+    for the middle of a one-line message that already names the file, host or option."""
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if isinstance(err, OSError) and err.args and isinstance(err.args[-1], OSError):
+        return reason(err.args[-1])  # ssl and http.client wrap the socket's error
+    text = " ".join(str(err).split())
+    words = "".join(f" {c.lower()}" if c.isupper() else c for c in type(err).__name__).strip()
+    return text or words

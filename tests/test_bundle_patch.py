@@ -177,6 +177,31 @@ def test_patching_twice_changes_nothing(registry: RegistryServer, tmp_path: Path
     assert registry.raw().get_manifest("idem/bundle", "twice") == registry.raw().get_manifest("idem/bundle", "once")
 
 
+def test_a_patched_bundle_whose_tasks_changed_is_brought_up_to_date(registry: RegistryServer, tmp_path: Path) -> None:
+    """A bundle built from patched Tasks that were edited afterwards (a new image, a new first step): patching it
+    updates what step-tracer wrote there, exactly as patching the edited originals would have."""
+
+    def edit(obj: dict[str, Any]) -> dict[str, Any]:
+        obj = json.loads(json.dumps(obj))
+        steps = obj["spec"]["steps"]
+        steps[0]["image"] = "golang:1.23"
+        steps.insert(0, {"name": "first", "image": "alpine", "script": "echo first"})
+        return obj
+
+    options = InjectOptions()
+    patched = json.loads(patch_text(json.dumps(BUILD), options).text)
+    seed(registry, "stale/bundle", [edit(patched), STEPACTION])
+    result = run(tmp_path, f"{registry.host}/stale/bundle:v1", f"{registry.host}/stale/bundle:traced")
+    assert result.returncode == 0, result.stderr
+    pushed = pull_bundle(registry.raw(), "stale/bundle", "traced")
+    build = next(o for o in pushed.objects if o["metadata"]["name"] == "build")
+    assert build == json.loads(patch_text(json.dumps(edit(BUILD)), options).text)
+    steps = {s["name"]: s for s in build["spec"]["steps"]}
+    assert "--tekton-step-index=1" in steps["compile"]["script"] and steps["push"]["command"][5] == "2"
+    again = run(tmp_path, f"{registry.host}/stale/bundle:traced", f"{registry.host}/stale/bundle:twice")
+    assert again.returncode == 0 and "nothing to patch" in again.stderr
+
+
 def test_results_dir_gets_the_pushed_bundle_as_tekton_results(registry: RegistryServer, tmp_path: Path) -> None:
     seed(registry, "results/bundle")
     results = tmp_path / "results"

@@ -47,7 +47,7 @@ def test_rewrites_in_place_and_a_second_run_changes_nothing(task_file: Path) -> 
     assert "# a comment that must survive" in patched and "run-script --tekton-step=say" in patched
     assert first.stdout == ""
     assert first.stderr.splitlines()[-1] == (
-        "step-tracer inject: 1 file, 1 steps wrapped, 0 already wrapped; 1 left unwrapped "
+        "step-tracer inject: 1 file, 1 step wrapped, 0 already wrapped; 1 left unwrapped "
         "(1 run their image's ENTRYPOINT, which needs --resolve-entrypoints or a command)"
     )
     assert "step entry: runs its image ENTRYPOINT" in first.stderr

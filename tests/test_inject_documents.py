@@ -201,7 +201,7 @@ def test_new_blocks_follow_the_files_layout(layout: str, dash: int, content: int
     only_insertions(text, result.text)
     # The sidecar list uses the same dash/content columns as `steps`.
     assert f"\n  sidecars:\n{' ' * dash}-{' ' * (content - dash - 1)}name: step-tracer\n" in result.text
-    assert f"\n{' ' * content}image: quay.io/step-tracer/step-tracer:0.1.0\n" in result.text
+    assert f"\n{' ' * content}image: quay.io/step-tracer/step-tracer:0.1.0@sha256:{'0' * 64}\n" in result.text
 
 
 def test_four_space_indentation() -> None:
@@ -252,9 +252,11 @@ spec:
     assert [m["mountPath"] for m in spec["stepTemplate"]["volumeMounts"]] == [
         "/step-tracer/bin", "/step-tracer/spool", "/step-tracer/podinfo"
     ]  # fmt: skip
-    assert spec["sidecars"][0]["image"] == "quay.io/step-tracer/step-tracer:0.1.0"
+    assert spec["sidecars"][0]["image"] == "quay.io/step-tracer/step-tracer:0.1.0@sha256:" + "0" * 64
     assert spec["steps"][0]["command"][0] == W
-    assert "  volumes: [{name: step-tracer-bin, emptyDir: {}}, " in result.text
+    # An empty flow list in a block mapping gets block lines, not one long flow line; a non-empty one stays flow.
+    assert "spec:\n  volumes:\n    - name: step-tracer-bin\n      emptyDir: {}\n" in result.text
+    assert "  stepTemplate: {env: [{name: A, value: b}], volumeMounts: [{name: step-tracer-bin, " in result.text
     assert patch_text(result.text, OPTS).text == result.text
 
 

@@ -145,12 +145,15 @@ def test_errors_exit_2_but_other_files_are_processed(tmp_path: Path) -> None:
     bad.write_text("a: [\n")
     clash = tmp_path / "clash.yaml"
     clash.write_text(
-        TASK.format(name="c").replace("spec:\n", "spec:\n  sidecars:\n    - name: step-tracer\n      image: x\n")
+        TASK.format(name="c").replace(
+            "spec:\n",
+            "spec:\n  stepTemplate:\n    volumeMounts:\n      - name: mine\n        mountPath: /step-tracer/spool\n",
+        )
     )
     code, out, err = run([str(bad), str(clash), str(good), str(tmp_path / "missing.yaml")], write=True)
     assert code == 2 and out == ""
     assert f"error: {bad}: invalid YAML" in err
-    assert f"error: {clash}: Task/c: sidecars entry 'step-tracer' already exists" in err
+    assert f"error: {clash}: Task/c: " in err and "volumeMounts entry 'mine' sits at /step-tracer/spool" in err
     assert f"error: {tmp_path / 'missing.yaml'}:" in err
     assert "step-tracer" in good.read_text()
     assert clash.read_text().count("step-tracer") == 1

@@ -104,26 +104,15 @@ COLLIDING = resource(
     ("extra", "step_extra", "message"),
     [
         (
-            "  volumes:\n    - name: step-tracer-bin\n      hostPath: {path: /bin}\n",
-            "",
-            "volumes entry 'step-tracer-bin'",
-        ),
-        (
             "  stepTemplate:\n    volumeMounts:\n      - name: mine\n        mountPath: /step-tracer/spool\n",
             "",
             "sits at /step-tracer/spool",
-        ),
-        (
-            "  stepTemplate:\n    volumeMounts:\n      - name: step-tracer-bin\n        mountPath: /step-tracer/bin\n",
-            "",
-            "(fields readOnly)",
         ),
         (
             "",
             "      volumeMounts:\n        - name: data\n          mountPath: /step-tracer/bin/\n",
             "step s: volumeMounts",
         ),
-        ("  sidecars:\n    - name: step-tracer\n      image: other:1\n", "", "(fields command, computeResources"),
         ("  workspaces:\n    - name: w\n      mountPath: /step-tracer/podinfo\n", "", "workspace w"),
     ],
 )
@@ -134,11 +123,34 @@ def test_collisions_name_file_resource_and_step(extra: str, step_extra: str, mes
     assert text.startswith("c.yaml: Task/clash: ") and message in text, text
 
 
-def test_previously_patched_with_another_sidecar_image_is_a_collision() -> None:
+def test_entries_of_our_names_are_ours_and_brought_up_to_date() -> None:
+    """What an earlier patch (or a hand) wrote under step-tracer's names is step-tracer's: re-patching makes it what
+    this patch would add, down to the fields that differ, and says it was stale."""
+    extra = (
+        "  volumes:\n    - name: step-tracer-bin\n      hostPath: {path: /bin}\n"
+        "  stepTemplate:\n    volumeMounts:\n      - name: step-tracer-bin\n        mountPath: /step-tracer/bin\n"
+    )
+    text = COLLIDING.format(extra=extra, step_extra="")
+    result = patch_text(text, OPTS, source="c.yaml")
+    fresh = patch_text(COLLIDING.format(extra="", step_extra=""), OPTS)
+    assert load(result.text) == load(fresh.text)
+    assert "      hostPath" not in result.text
+    assert "        readOnly: true\n      - name: step-tracer-spool" in result.text
+    assert result.pending() == [
+        "c.yaml: Task/clash: step s: not instrumented",
+        "c.yaml: Task/clash: stale: volumes entry 'step-tracer-bin' out of date (the whole entry); "
+        "stepTemplate volumeMounts entry 'step-tracer-bin' out of date (readOnly)",
+    ]
+    assert patch_text(result.text, OPTS).text == result.text
+
+
+def test_previously_patched_with_another_sidecar_image_changes_one_line() -> None:
     text = COLLIDING.format(extra="", step_extra="")
     patched = patch_text(text, OPTS).text
-    with pytest.raises(InjectError, match=r"sidecars entry 'step-tracer' already exists .*\(fields image\)"):
-        patch_text(patched, InjectOptions(sidecar_image="quay.io/step-tracer/step-tracer:0.2.0"))
+    image = "quay.io/step-tracer/step-tracer:0.2.0"
+    result = patch_text(patched, InjectOptions(sidecar_image=image))
+    assert result.text == patched.replace(f"image: {OPTS.sidecar_image}\n", f"image: {image}\n")
+    assert result.pending() == ["<text>: Task/clash: stale: sidecars entry 'step-tracer' out of date (image)"]
 
 
 PIPELINE = """\

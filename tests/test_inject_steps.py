@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from ruamel.yaml import YAML
 
-from step_tracer.inject import InjectError, InjectOptions, PatchResult, patch_text
+from step_tracer.inject import DEFAULT_SIDECAR_IMAGE, InjectError, InjectOptions, PatchResult, patch_text
 
 W = "/step-tracer/bin/step-tracer"
 OPTS = InjectOptions()
@@ -55,7 +55,7 @@ def sidecars(resources_key: str = "computeResources", steps_json: str = "[]") ->
     return f"""\
   sidecars:
     - name: step-tracer
-      image: quay.io/step-tracer/step-tracer:0.1.0
+      image: {DEFAULT_SIDECAR_IMAGE}
       command:
         - step-tracer
         - sidecar
@@ -274,17 +274,59 @@ def test_script_with_indentation_indicator() -> None:
     assert result.text.count("  leading spaces matter") == 1
 
 
-def test_quoted_script_becomes_double_quoted_with_the_same_value() -> None:
+def test_quoted_and_plain_scripts_become_literal_blocks_with_the_same_value() -> None:
+    """A reviewer reads a script as lines: a one-line or quoted script becomes a literal block, not one string
+    full of \\n; the chomping indicator keeps its final line breaks exactly."""
     assert_patches(
         """\
     - name: q
       image: alpine
       script: "#!/bin/bash\\necho 'hi'\\n"
+    - name: plain
+      image: alpine
+      script: make all
+    - name: kept
+      image: alpine
+      script: "echo a\\n\\n\\n"
 """,
         f"""\
     - name: q
       image: alpine
-      script: "#!{W} run-script --tekton-step=q --tekton-step-index=0\\n#!/bin/bash\\necho 'hi'\\n"
+      script: |
+        #!{W} run-script --tekton-step=q --tekton-step-index=0
+        #!/bin/bash
+        echo 'hi'
+    - name: plain
+      image: alpine
+      script: |-
+        #!{W} run-script --tekton-step=plain --tekton-step-index=1
+        #!/bin/sh
+        set -e
+        make all
+    - name: kept
+      image: alpine
+      script: |+
+        #!{W} run-script --tekton-step=kept --tekton-step-index=2
+        #!/bin/sh
+        set -e
+        echo a
+
+
+""",
+    )
+
+
+def test_a_script_that_a_literal_block_cannot_hold_stays_double_quoted() -> None:
+    assert_patches(
+        """\
+    - name: q
+      image: alpine
+      script: "#!/bin/sh\\necho \\u0007" # a bell
+""",
+        f"""\
+    - name: q
+      image: alpine
+      script: "#!{W} run-script --tekton-step=q --tekton-step-index=0\\n#!/bin/sh\\necho \\u0007" # a bell
 """,
     )
 
@@ -447,7 +489,7 @@ def test_ref_steps_are_untouched() -> None:
     assert result.notes[0].level == "info"
 
 
-def test_already_wrapped_steps_are_detected_and_stale_ones_warned() -> None:
+def test_already_wrapped_steps_are_detected_and_stale_ones_brought_up_to_date() -> None:
     steps = f"""\
     - name: a
       image: alpine
@@ -459,10 +501,10 @@ def test_already_wrapped_steps_are_detected_and_stale_ones_warned() -> None:
         #!/bin/sh
         true
 """
-    result = assert_patches(steps, steps)
-    assert [s.state for s in result.steps] == ["already", "already"]
-    (warning,) = result.warnings
-    assert warning.location.step == "b" and "'renamed'" in warning.message
+    result = assert_patches(steps, steps.replace("=renamed", "=b"))
+    assert [s.state for s in result.steps] == ["already", "stale"]
+    assert result.steps[1].reason == "wrapper options out of date (name renamed -> b)"
+    assert "t.yaml: Task/t: step b: stale: wrapper options out of date (name renamed -> b)" in result.pending()
 
 
 def test_step_with_script_and_command_is_a_validation_error() -> None:

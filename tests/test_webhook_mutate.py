@@ -321,28 +321,56 @@ def test_a_mutated_pod_is_left_alone(options: WebhookOptions) -> None:
     assert again == Mutation(skipped="already-instrumented")
 
 
-def test_a_pod_from_a_patched_task_is_left_alone() -> None:
-    # What `step-tracer inject` makes of a Task, built into a pod by Tekton: wrapper already in the command.
-    task_sidecar = sidecar(InjectOptions(), "tekton.dev/v1", [])
-    task_sidecar["computeResources"] = task_sidecar.pop("computeResources")
+def patched_task_pod(step_name: str = "a", index: int = 0, table_steps: Any = None) -> dict[str, Any]:
+    """What `step-tracer inject` makes of a Task, built into a pod by Tekton: the wrapper already in the command;
+    the wrapper's options and the sidecar's step table as the Task was when it was patched."""
     steps = [
         {
             "name": "a",
             "image": "alpine",
-            "command": [*wrapper_command(InjectOptions(), "a", 0, None), "make"],
+            "command": [*wrapper_command(InjectOptions(), step_name, index, None), "make"],
             "volumeMounts": step_mounts(),
         }
     ]
-    pod = build_pod(steps, sidecars=[task_sidecar])
+    table = steps if table_steps is None else table_steps
+    pod = build_pod(steps, sidecars=[sidecar(InjectOptions(), "tekton.dev/v1", table)])
     pod["spec"]["volumes"] += volumes(InjectOptions())
+    return pod
+
+
+def test_a_pod_from_a_patched_task_is_left_alone() -> None:
+    pod = patched_task_pod()
+    # What the API server fills in and other admission plugins add are not differences.
+    pod["spec"]["containers"][-1]["readinessProbe"]["timeoutSeconds"] = 1
+    pod["spec"]["containers"][-1]["volumeMounts"].append({"name": "kube-api-access-x", "mountPath": "/var/run/sa"})
+    pod["spec"]["volumes"][-1]["downwardAPI"]["defaultMode"] = 420
     assert mutate(pod, NATIVE) == Mutation(skipped="already-instrumented")
     # Even without our volumes, a step that already runs the wrapper is not wrapped twice.
+    steps = [{"name": "a", "image": "alpine", "command": [*wrapper_command(InjectOptions(), "a", 0, None), "make"]}]
     bare = build_pod(steps)
-    for c in bare["spec"]["containers"]:
-        c["volumeMounts"] = [m for m in c["volumeMounts"] if not m["name"].startswith("step-tracer-")]
     patched, mutation = applied(bare)
     assert [s.state for s in mutation.steps] == ["already"]
     assert entrypoint_command(steps_of(patched)[0]) == entrypoint_command(steps_of(bare)[0])
+
+
+def test_an_outdated_instrumentation_is_brought_up_to_date() -> None:
+    """A pod from a Task patched before its step was renamed and its image bumped: the wrapper's options and the
+    sidecar's step table follow the pod; nothing else changes, and the result is current."""
+    old_table = [{"name": "old-name", "image": "alpine:3.18"}]
+    pod = patched_task_pod("old-name", 3, old_table)
+    patched, mutation = applied(pod)
+    ci = len(pod["spec"]["containers"]) - 1
+    assert [op["path"] for op in mutation.patch] == ["/spec/containers/0/args", f"/spec/containers/{ci}/env/0"]
+    assert entrypoint_command(steps_of(patched)[0])[:7] == wrapper_command(InjectOptions(), "a", 0, None)[:7]
+    assert json.loads(patched["spec"]["containers"][ci]["env"][0]["value"]) == [{"name": "a", "image": "alpine"}]
+    assert mutate(patched, NATIVE) == Mutation(skipped="already-instrumented")
+    # An older sidecar image and a volume of another shape are replaced, by name.
+    stale = copy.deepcopy(patched)
+    stale["spec"]["containers"][ci]["image"] = "quay.io/step-tracer/step-tracer:0.0.1"
+    stale["spec"]["volumes"][-1] = {"name": "step-tracer-podinfo", "emptyDir": {}}
+    again, mutation = applied(stale)
+    assert again == patched
+    assert mutate(again, NATIVE) == Mutation(skipped="already-instrumented")
 
 
 def test_windows_pods_are_left_alone() -> None:

@@ -341,9 +341,18 @@ def test_the_command_refuses_bad_options(tmp_path: Path) -> None:
     base = [launcher, "webhook", "--cert", str(cert), "--key", str(key), "--port", "0", "--bind", "127.0.0.1"]
     done = subprocess.run([*base, "--wrapper", "relative/path"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "absolute" in done.stderr
+    done = subprocess.run([*base[:-1], "192.0.2.1"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        1,
+        "step-tracer: --bind 192.0.2.1 --port 0: cannot listen: Cannot assign requested address\n",
+    )
     key.write_text("not a key")
     done = subprocess.run(base, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "cannot load the certificate" in done.stderr
+    assert done.returncode == 1
+    assert (
+        done.stderr
+        == f"step-tracer: --cert {cert} and --key {key}: not a PEM certificate and its matching private key\n"
+    )
 
 
 class _VersionHandler(http.server.BaseHTTPRequestHandler):

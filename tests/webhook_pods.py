@@ -46,6 +46,7 @@ _CONTAINER_FIELDS = (
     "volumeMounts",
     "securityContext",
     "imagePullPolicy",
+    "readinessProbe",
 )
 _RAND_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery utilrand.String
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_tracer import problem
 from step_tracer.bundle.reference import DOCKER_HUB, DOCKER_HUB_AUTH_KEYS
 
 HELPER_TIMEOUT = 30.0
@@ -63,11 +64,12 @@ def find_credentials(registry: str, repository: str = "", env: Mapping[str, str]
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise CredentialsError(f"cannot read {path}: {exc}") from None
+            raise CredentialsError(f"cannot read {path}: {problem.reason(exc)}") from None
         try:
             config = json.loads(text)
         except ValueError as exc:
-            raise CredentialsError(f"{path} is not valid JSON: {exc}") from None
+            where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise CredentialsError(f"{path} is not valid JSON{where}") from None
         if not isinstance(config, dict):
             raise CredentialsError(f"{path} is not a JSON object")
         found = _from_config(config, str(path), registry, repository, env)
@@ -166,7 +168,7 @@ def _from_helper(helper: str, server: str, source: str, env: Mapping[str, str]) 
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CredentialsError(f"credential helper {program} failed: {exc}") from None
+        raise CredentialsError(f"credential helper {program} failed: {problem.reason(exc)}") from None
     if proc.returncode != 0:
         message = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
         if message and "credentials not found" in message[0].lower():

@@ -18,8 +18,10 @@ def bundle() -> None:
 
 @bundle.command()
 @click.argument("src")
-@click.argument("dst")
-@click.option("--dry-run", is_flag=True, help="Print the diff of every patched object; push nothing.")
+@click.argument("dst", required=False)
+@click.option(
+    "--dry-run", "--diff", "dry_run", is_flag=True, help="Print the diff of every patched object; push nothing."
+)
 @injection_options()
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when it is a terminal].")
 @click.option(
@@ -31,7 +33,7 @@ def bundle() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also print info notes (what was left alone and why).")
 def patch(
     src: str,
-    dst: str,
+    dst: str | None,
     dry_run: bool,
     options: InjectOptions,
     insecure: bool,
@@ -39,7 +41,8 @@ def patch(
     results_dir: str | None,
     verbose: bool,
 ) -> None:
-    """Pull bundle SRC, instrument every object in it, push the result to tag DST.
+    """Pull bundle SRC, instrument every object in it, push the result to tag DST (not needed with --dry-run).
+    A bundle patched before its Tasks changed is brought up to date.
 
     The new bundle is written as `tkn bundle push` writes it; the pushed reference (DST's repository @ its
     digest) is printed. References pinned to the old digest must be updated. Registry credentials come
@@ -49,8 +52,9 @@ def patch(
     \b
     Examples:
       step-tracer bundle patch quay.io/org/tasks:1.0 quay.io/org/tasks:1.0-traced
-      step-tracer bundle patch --dry-run quay.io/org/tasks:1.0 quay.io/org/tasks:1.0-traced
+      step-tracer bundle patch --dry-run quay.io/org/tasks:1.0
     """
+    from step_tracer.bundle import reference
     from step_tracer.bundle.patch import patch_bundle
     from step_tracer.bundle.progress import Progress
     from step_tracer.bundle.reference import InvalidReference
@@ -59,10 +63,14 @@ def patch(
     from step_tracer.inject import InjectError
 
     err = sys.stderr
+    if dst is None and not dry_run:
+        raise click.UsageError("give DST, the tag to push the patched bundle to (or --dry-run to push nothing)")
     show = err.isatty() if progress is None else progress
     bar = Progress(err if show else None)
     try:
-        report = patch_bundle(src, dst, options, dry_run=dry_run, insecure=insecure, progress=bar)
+        # A dry run without DST names the result after SRC's repository; nothing is pushed there.
+        target = dst if dst is not None else f"{reference.parse(src).name}:dry-run"
+        report = patch_bundle(src, target, options, dry_run=dry_run, insecure=insecure, progress=bar)
     except InjectError as exc:
         bar.close()
         for problem in exc.problems:
@@ -77,16 +85,21 @@ def patch(
             err.write(f"{note}\n")
     if dry_run:
         sys.stdout.write(report.diff)
+        where = dst or "the patched bundle"
         if report.changed:
-            err.write(f"dry run: nothing pushed; {dst} would be {report.reference}\n")
+            err.write(f"dry run: nothing pushed; {where} would be {report.reference}\n")
         else:
-            err.write(f"dry run: nothing to patch; {dst} would be a copy of {report.source}\n")
+            err.write(f"dry run: nothing to patch; {where} would be a copy of {report.source}\n")
         return
     if not report.changed:
         err.write(f"nothing to patch: {dst} is a copy of {report.source}\n")
     sys.stdout.write(f"{report.reference}\n")
     if results_dir:
-        _write_results(results_dir, report.reference)
+        try:
+            _write_results(results_dir, report.reference)
+        except OSError as exc:
+            err.write(f"error: --results-dir {results_dir}: cannot write: {exc.strerror or type(exc).__name__}\n")
+            sys.exit(2)
 
 
 def _write_results(directory: str, reference: str) -> None:

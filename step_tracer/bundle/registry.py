@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from step_tracer import __version__
+from step_tracer import __version__, problem
 from step_tracer.bundle.auth import Credentials, CredentialsError, auth_files, find_credentials
 from step_tracer.bundle.reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback
 
@@ -412,7 +412,8 @@ class Registry:
                 status = raw.status
                 resp_headers = {k.lower(): v for k, v in raw.getheaders()}
             except (OSError, http.client.HTTPException) as exc:
-                raise RegistryError(f"{what}: cannot reach {parts.scheme}://{parts.netloc}: {exc}") from None
+                why = problem.reason(exc)
+                raise RegistryError(f"{what}: cannot reach {parts.scheme}://{parts.netloc}: {why}") from None
             finally:
                 conn.close()
             if len(data) > max_bytes:

@@ -21,10 +21,16 @@ from step_tracer.inject.runner import inject_paths
     metavar="FILE|-",
     help="Write the patched documents to FILE (- for stdout) instead of rewriting the inputs in place.",
 )
-@click.option("--check", is_flag=True, help="Change nothing; list every step that is not instrumented (exit 1 if any).")
-@click.option("--diff", is_flag=True, help="Change nothing; print a unified diff of what would change.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing; list every step that is not instrumented or whose instrumentation is stale (exit 1 if any).",
+)
+@click.option(
+    "--diff", "--dry-run", "diff", is_flag=True, help="Change nothing; print a unified diff of what would change."
+)
 @injection_options()
-@click.option("-v", "--verbose", is_flag=True, help="Also print informational notes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print info: lines (what was left alone and why).")
 def inject(
     paths: tuple[str, ...],
     output: str | None,
@@ -38,8 +44,9 @@ def inject(
 
     PATHS are YAML or JSON files (multi-document streams and `kind: List` too), directories (searched for *.yaml,
     *.yml, *.json) or - for stdin. Files are rewritten in place, changing only the injected lines; stdin goes to
-    stdout. Patching a patched file changes nothing. Steps that run their image's ENTRYPOINT are left alone and
-    listed unless --resolve-entrypoints is given.
+    stdout. Patching a patched file changes nothing; patching it after the Task changed brings what step-tracer
+    added up to date. Steps that run their image's ENTRYPOINT are left alone and listed unless
+    --resolve-entrypoints is given.
 
     \b
     Examples:
@@ -48,13 +55,16 @@ def inject(
       step-tracer inject --check tasks/        # CI gate: exit 1 when a step is not traced
     """
     if check and diff:
-        raise click.UsageError("--check and --diff do not go together")
+        raise click.UsageError("--check and --diff (--dry-run) do not go together")
     if not paths:
         raise click.UsageError("give files, directories or - for stdin")
     with contextlib.ExitStack() as stack:
         out = sys.stdout
         if output not in (None, "-"):
-            out = stack.enter_context(Path(str(output)).open("w", encoding="utf-8"))
+            try:
+                out = stack.enter_context(Path(str(output)).open("w", encoding="utf-8"))
+            except OSError as exc:
+                raise OutputError(f"--output {output}: cannot write: {exc.strerror or type(exc).__name__}") from None
         code = inject_paths(
             list(paths),
             write=output is None and not check and not diff,
@@ -67,3 +77,9 @@ def inject(
             summary=True,
         )
     sys.exit(code)
+
+
+class OutputError(click.ClickException):
+    """An output that cannot be written: exit 2, as for an input that cannot be read."""
+
+    exit_code = 2

@@ -62,7 +62,13 @@ _POD_OPTIONS = (
     click.option(
         "--wrapper", default=DEFAULT_WRAPPER, show_default=True, help="The wrapper's path in step containers."
     ),
-    click.option("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE, show_default=True, help="Image of the sidecar."),
+    click.option(
+        "--sidecar-image",
+        default=DEFAULT_SIDECAR_IMAGE,
+        metavar="IMAGE",
+        help="Image of the sidecar, best pinned by digest (REPO:TAG@sha256:...) [default: "
+        "quay.io/step-tracer/step-tracer:0.1.0 pinned to a placeholder digest until it is published].",
+    ),
     click.option(
         "--otlp-secret",
         default=DEFAULT_OTLP_SECRET,

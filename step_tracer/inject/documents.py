@@ -27,7 +27,11 @@ from step_tracer.inject.model import (
     Location,
     Op,
     ParseError,
+    PrefixScript,
     Problem,
+    Replace,
+    ReplaceFirstLine,
+    ReplaceItems,
     SetKey,
 )
 from step_tracer.inject.yamltext import EditError, TextEditor, detect_style
@@ -72,9 +76,10 @@ def parse(text: str, source: str, fmt: Format = "auto") -> Stream:
             data = json.loads(body)
         except RecursionError:
             raise ParseError([Problem(Location(source), f"JSON nested deeper than {MAX_DEPTH} levels")]) from None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             if fmt == "json":
-                raise ParseError([Problem(Location(source), f"invalid JSON: {exc}")]) from None
+                where = f"line {exc.lineno}, column {exc.colno}"
+                raise ParseError([Problem(Location(source), f"invalid JSON at {where}: {exc.msg}")]) from None
         else:
             if _data_depth(data) > MAX_DEPTH:
                 raise ParseError([Problem(Location(source), f"JSON nested deeper than {MAX_DEPTH} levels")])
@@ -171,8 +176,22 @@ def _parse_yaml(body: str, bom: str, source: str) -> Stream:
                 raise ParseError([Problem(Location(source), problem)])
         docs = [None if n is None else _construct(n) for n in nodes]
     except yaml.YAMLError as exc:
-        raise ParseError([Problem(Location(source), f"invalid YAML: {exc}")]) from None
+        raise ParseError([Problem(Location(source), yaml_problem(exc))]) from None
     return Stream("yaml", body, bom, docs, nodes=nodes)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line and column, 1-based) and what, without PyYAML's "<unicode string>"
+    and its multi-line layout."""
+    mark = getattr(exc, "problem_mark", None)
+    what = "; ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        what = f"character U+{char:04X} is not allowed in YAML"
+        return f"invalid YAML at character {exc.position}: {what}"
+    if mark is None or not what:
+        return "invalid YAML: " + " ".join(str(exc).replace('"<unicode string>", ', "").split())
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
 def load_data(text: str, fmt: Literal["yaml", "json"]) -> list[Any]:
@@ -200,15 +219,22 @@ def apply_to_data(doc: Any, ops: Sequence[Op]) -> None:
     """Apply operations to plain data (JSON output, and the expectation the YAML text is checked against)."""
     for op in ops:
         target = doc
-        for key in op.path:
+        for key in op.path[:-1] if isinstance(op, Replace) else op.path:
             target = target[key]
-        if isinstance(op, InsertItems):
+        if isinstance(op, Replace):
+            target[op.path[-1]] = copy.deepcopy(op.value)
+        elif isinstance(op, ReplaceItems):
+            target[op.start : op.stop] = copy.deepcopy(list(op.items))
+        elif isinstance(op, ReplaceFirstLine):
+            _, nl, rest = target[op.key].partition("\n")
+            target[op.key] = op.line + nl + rest
+        elif isinstance(op, InsertItems):
             target[op.index : op.index] = copy.deepcopy(list(op.items))
         elif isinstance(op, AppendItems):
             target.extend(copy.deepcopy(list(op.items)))
         elif isinstance(op, SetKey):
             _set_key(target, op)
-        else:
+        elif isinstance(op, PrefixScript):
             target[op.key] = op.prefix + target[op.key]
 
 

@@ -14,7 +14,12 @@ from typing import Any, Literal, TypeAlias
 from step_tracer.tekton import paths
 
 DEFAULT_WRAPPER = paths.WRAPPER
-DEFAULT_SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer:0.1.0"
+# Pinned by digest, as every image in Konflux's tasks is: a tag can move under a Task nobody changed. No 0.1.0 image
+# is published yet, so the digest is a visible placeholder (all zeros): it fails to pull, loudly, instead of pulling
+# whatever the tag points at. At release it becomes the pushed image's digest (hack/build-image prints it); until
+# then give --sidecar-image your own build, by digest.
+SIDECAR_IMAGE_DIGEST = "sha256:" + "0" * 64
+DEFAULT_SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer:0.1.0@" + SIDECAR_IMAGE_DIGEST
 DEFAULT_OTLP_SECRET = "step-tracer-otlp"
 
 BIN_VOLUME = "step-tracer-bin"
@@ -57,11 +62,11 @@ class InjectOptions:
     def __post_init__(self) -> None:
         if not self.wrapper.startswith("/") or any(c.isspace() for c in self.wrapper):
             # The wrapper is a shebang interpreter: the kernel needs an absolute path without blanks.
-            raise ValueError(f"wrapper path must be absolute and contain no whitespace: {self.wrapper!r}")
-        if not self.sidecar_image:
-            raise ValueError("sidecar image must not be empty")
+            raise ValueError(f"--wrapper must be an absolute path without blanks: {self.wrapper!r}")
+        if not self.sidecar_image or any(c.isspace() for c in self.sidecar_image):
+            raise ValueError(f"--sidecar-image must be an image reference without blanks: {self.sidecar_image!r}")
         if not self.otlp_secret:
-            raise ValueError("OTLP secret name must not be empty")
+            raise ValueError("--otlp-secret must not be empty")
         if self.resolve_entrypoints and self.resolve is None:
             raise ValueError("resolve_entrypoints needs a resolve(image) callable")
 
@@ -117,13 +122,15 @@ class Note:
         return f"{self.level}: {self.location}: {self.message}"
 
 
-StepState = Literal["already", "wrapped", "unwrapped", "ref"]
+StepState = Literal["already", "stale", "wrapped", "unwrapped", "ref"]
 
 
 @dataclass(frozen=True)
 class StepReport:
-    """What happened to one step. `already`: wrapped in the input; `wrapped`: wrapped by this patch;
-    `unwrapped`: left alone (see `reason`); `ref`: a StepAction reference, patched through the StepAction."""
+    """What happened to one step. `already`: wrapped in the input, up to date; `stale`: wrapped in the input with
+    options that no longer fit the step (renamed, moved, new timeout: `reason` says what), brought up to date;
+    `wrapped`: wrapped by this patch; `unwrapped`: left alone (see `reason`); `ref`: a StepAction reference,
+    patched through the StepAction."""
 
     location: Location
     index: int
@@ -139,6 +146,11 @@ class PatchResult:
     steps: list[StepReport] = field(default_factory=list)
     # Task specs that lacked the volumes/stepTemplate mounts/sidecar (and got them from this patch).
     additions_missing: list[Location] = field(default_factory=list)
+    # Task specs whose volumes/mounts/sidecar were step-tracer's but out of date (the Task changed since it was
+    # patched, or the options did), with what was stale; this patch brought them up to date.
+    additions_stale: list[tuple[Location, str]] = field(default_factory=list)
+    # How many Tekton Tasks, Pipelines and StepActions the text holds (0: nothing for step-tracer here).
+    resources: int = 0
 
     @property
     def unwrapped(self) -> list[StepReport]:
@@ -154,9 +166,12 @@ class PatchResult:
         for s in self.steps:
             if s.state == "wrapped":
                 lines.append(f"{s.location}: not instrumented")
+            elif s.state == "stale":
+                lines.append(f"{s.location}: stale: {s.reason}")
             elif s.state == "unwrapped":
                 lines.append(f"{s.location}: not instrumented, cannot be wrapped: {s.reason}")
         lines.extend(f"{loc}: step-tracer volumes, mounts or sidecar missing" for loc in self.additions_missing)
+        lines.extend(f"{loc}: stale: {what}" for loc, what in self.additions_stale)
         return lines
 
 
@@ -203,4 +218,31 @@ class PrefixScript:
     prefix: str
 
 
-Op: TypeAlias = InsertItems | AppendItems | SetKey | PrefixScript
+@dataclass(frozen=True)
+class Replace:
+    """Replace the value at `path` (a mapping's key or a sequence's index, last) with `value`."""
+
+    path: Path
+    value: Any
+
+
+@dataclass(frozen=True)
+class ReplaceItems:
+    """Replace items `start` to `stop` (exclusive, `stop` < the sequence's length) of the sequence at `path`."""
+
+    path: Path
+    start: int
+    stop: int
+    items: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ReplaceFirstLine:
+    """Replace the first line of the string at `path[key]` (a script's #! line) with `line`."""
+
+    path: Path
+    key: str
+    line: str
+
+
+Op: TypeAlias = InsertItems | AppendItems | SetKey | PrefixScript | Replace | ReplaceItems | ReplaceFirstLine

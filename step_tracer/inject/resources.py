@@ -30,6 +30,7 @@ from step_tracer.inject.model import (
     Op,
     Path,
     Problem,
+    Replace,
     Resolver,
     SetKey,
     StepReport,
@@ -46,6 +47,8 @@ class Plan:
     notes: list[Note] = field(default_factory=list)
     steps: list[StepReport] = field(default_factory=list)
     additions_missing: list[Location] = field(default_factory=list)
+    additions_stale: list[tuple[Location, str]] = field(default_factory=list)
+    resources: int = 0
 
 
 def iter_resources(doc: Any, prefix: Path = ()) -> Iterator[tuple[Path, Mapping[str, Any]]]:
@@ -161,6 +164,7 @@ class _Walker:
         self.resolve = resolve
         self.plan = Plan()
         self._seen: set[int] = set()
+        self._stale: list[str] = []
 
     def document(self, doc: Any) -> Plan:
         for prefix, res in iter_resources(doc):
@@ -181,6 +185,7 @@ class _Walker:
             return
         if kind not in ("Task", "Pipeline", "StepAction"):
             return
+        self.plan.resources += 1
         if not isinstance(spec, Mapping):
             raise InjectError([Problem(loc, "spec is missing or not a mapping")])
         if kind == "Task":
@@ -264,6 +269,7 @@ class _Walker:
 
     def additions(self, spec: Mapping[str, Any], path: Path, loc: Location, api_version: str) -> None:
         before = len(self.plan.ops)
+        self._stale = []
         problems: list[Problem] = []
         ours_vols = volumes(self.options)
         ours_mounts = step_mounts()
@@ -319,7 +325,9 @@ class _Walker:
         )
         if problems:
             raise InjectError(problems)
-        if len(self.plan.ops) > before:
+        if self._stale:
+            self.plan.additions_stale.append((loc, "; ".join(self._stale)))
+        elif len(self.plan.ops) > before:
             self.plan.additions_missing.append(loc)
 
     def _merge_list(
@@ -335,7 +343,9 @@ class _Walker:
         after: tuple[str, ...],
         key_paths: bool = False,
     ) -> None:
-        """Add what is missing of `ours` to `parent[key]`; identical entries are fine, different ones collide."""
+        """Add what is missing of `ours` to `parent[key]` and bring entries of our names up to date (they are
+        step-tracer's: an earlier patch wrote them for what the Task was then); another entry where ours goes
+        (the same mount path under another name) collides."""
         existing = parent.get(key)
         if existing is None:
             self.plan.ops.append(SetKey(path, key, ours, before=before, after=after))
@@ -345,17 +355,56 @@ class _Walker:
             return
         missing = []
         for mine in ours:
+            same = [i for i, e in enumerate(existing) if isinstance(e, Mapping) and ident(e) == ident(mine)]
             clash = [
                 e
                 for e in existing
                 if isinstance(e, Mapping)
-                and (ident(e) == ident(mine) or (key_paths and _norm(e.get("mountPath")) == mine["mountPath"]))
+                and ident(e) != ident(mine)
+                and key_paths
+                and _norm(e.get("mountPath")) == mine["mountPath"]
             ]
-            if not clash:
+            problems.extend(Problem(loc, _collision(key, e, mine)) for e in clash)
+            if not same:
                 missing.append(mine)
-            problems.extend(Problem(loc, _collision(key, e, mine)) for e in clash if dict(e) != mine)
+            elif len(same) == 1:
+                ops = reconcile((*path, key, same[0]), existing[same[0]], mine)
+                if ops:
+                    self.plan.ops += ops
+                    where = f"{loc.step} {key}" if loc.step else key
+                    self._stale.append(f"{where} entry {mine['name']!r} out of date ({_changed_fields(ops, path)})")
         if missing:
             self.plan.ops.append(AppendItems((*path, key), tuple(missing)))
+
+
+def reconcile(path: Path, have: Any, want: Any) -> list[Op]:
+    """The smallest edits that turn `have` (at `path`) into `want`: down to the values that differ, a whole
+    mapping only when it has keys `want` lacks, a whole list only when its length changes."""
+    if type(have) is type(want) and have == want:
+        return []
+    if isinstance(have, Mapping) and isinstance(want, Mapping) and set(have) <= set(want):
+        ops: list[Op] = []
+        for k, v in want.items():
+            if k not in have:
+                ops.append(SetKey(path, k, v))
+            else:
+                ops += reconcile((*path, k), have[k], v)
+        return ops
+    if isinstance(have, list) and isinstance(want, list) and len(have) == len(want):
+        return [op for i, (h, w) in enumerate(zip(have, want, strict=True)) for op in reconcile((*path, i), h, w)]
+    return [Replace(path, want)]
+
+
+def _changed_fields(ops: list[Op], base: Path) -> str:
+    """The changed fields of a list entry, as dotted paths below it (`env[0].value`)."""
+    fields = []
+    for op in ops:
+        rel = op.path[len(base) + 2 :]
+        if isinstance(op, SetKey):
+            rel = (*rel, op.key)
+        text = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in rel).lstrip(".")
+        fields.append(text or "the whole entry")
+    return ", ".join(dict.fromkeys(fields))
 
 
 def _norm(mount_path: Any) -> Any:

@@ -64,6 +64,8 @@ def _patch(
         notes=[n for p in plans for n in p.notes],
         steps=[s for p in plans for s in p.steps],
         additions_missing=[loc for p in plans for loc in p.additions_missing],
+        additions_stale=[stale for p in plans for stale in p.additions_stale],
+        resources=sum(p.resources for p in plans),
     )
     docs = stream.docs
     if any(p.ops for p in plans):
@@ -127,10 +129,23 @@ def _expand(paths: Sequence[str], err: TextIO) -> Iterator[tuple[str, Path | Non
 
 
 def _read(path: Path | None, stdin: TextIO) -> str:
+    """The input's text, as it is (line endings kept). Raises OSError or UnicodeDecodeError."""
     if path is None:
-        return stdin.read()
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read()
+        buffer = getattr(stdin, "buffer", None)
+        return buffer.read().decode("utf-8") if buffer is not None else stdin.read()
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8")
+
+
+def read_problem(display: str, exc: OSError | UnicodeDecodeError) -> str:
+    """One line for an input that cannot be read as text: the system's words, or what the bytes are."""
+    if isinstance(exc, UnicodeDecodeError):
+        if b"\0" in exc.object[:8192]:
+            return f"{display}: a binary file, not YAML or JSON text"
+        return f"{display}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, IsADirectoryError):
+        return f"{display}: is a directory"
+    return f"{display}: cannot read: {exc.strerror or type(exc).__name__}"
 
 
 def _write(path: Path, text: str) -> None:
@@ -172,8 +187,8 @@ def inject_paths(
 
     Modes: `check` lists what is not instrumented (exit 1 if anything, else 0) and changes nothing;
     `diff` prints a unified diff; `write` rewrites changed files in place (stdin goes to `out`); with
-    none of them the patched text goes to `out`. Warnings go to `err` (info notes too when `verbose` or
-    `check`), and with `summary` a closing count of wrapped and unwrapped steps. Exit 2 when an input
+    none of them the patched text goes to `out`. Warnings go to `err` (info notes too when `verbose`), and
+    with `summary` a closing count of wrapped, stale and unwrapped steps. Exit 2 when an input
     could not be read or patched (the other inputs are still processed).
     """
     stdin = stdin if stdin is not None else sys.stdin
@@ -189,7 +204,10 @@ def inject_paths(
         try:
             text = _read(path, stdin)
         except (OSError, UnicodeDecodeError) as exc:
-            err.write(f"error: {display}: {exc}\n")
+            if not explicit and isinstance(exc, UnicodeDecodeError):
+                err.write(f"warning: {read_problem(display, exc)}; skipped\n")
+                continue
+            err.write(f"error: {read_problem(display, exc)}\n")
             status = 2
             continue
         fmt: documents.Format = "json" if display.endswith(".json") else "auto"
@@ -207,8 +225,10 @@ def inject_paths(
             status = 2
             continue
         tally.add(result)
+        if explicit and not result.resources:
+            err.write(f"warning: {display}: no Tekton Task, Pipeline or StepAction in it\n")
         for note in result.notes:
-            if note.level == "warning" or verbose or check:
+            if note.level == "warning" or verbose:
                 err.write(f"{note}\n")
         if check:
             for line in result.pending():
@@ -219,7 +239,11 @@ def inject_paths(
             out.write(_diff(display, text, result.text))
         if write and path is not None:
             if result.changed:
-                _write(path, result.text)
+                try:
+                    _write(path, result.text)
+                except OSError as exc:
+                    err.write(f"error: {display}: cannot write: {exc.strerror or type(exc).__name__}\n")
+                    status = 2
         elif not diff:
             if printed and not result.text.lstrip("\ufeff").startswith("---"):
                 out.write("---\n")
@@ -239,11 +263,15 @@ class _Tally:
 
     def __init__(self) -> None:
         self.files = 0
+        self.resources = 0
+        self.stale_additions = 0
         self.states: dict[str, int] = {}
         self.reasons: dict[str, int] = {}
 
     def add(self, result: PatchResult) -> None:
         self.files += 1
+        self.resources += result.resources
+        self.stale_additions += len(result.additions_stale)
         for step in result.steps:
             self.states[step.state] = self.states.get(step.state, 0) + 1
             if step.state == "unwrapped":
@@ -254,17 +282,28 @@ class _Tally:
 
     def summary(self, check: bool) -> str:
         wrapped, already = self.states.get("wrapped", 0), self.states.get("already", 0)
-        verb = "to wrap" if check else "wrapped"
-        parts = [f"{self.files} file{'s' if self.files != 1 else ''}", f"{wrapped} steps {verb}"]
+        parts = [_count(self.files, "file"), f"{_count(wrapped, 'step')} {'to wrap' if check else 'wrapped'}"]
         parts.append(f"{already} already wrapped")
+        if self.states.get("stale"):
+            parts.append(f"{self.states['stale']} stale {'to update' if check else 'updated'}")
+        if self.stale_additions:
+            specs = _count(self.stale_additions, "Task spec")
+            parts.append(f"{specs} with a stale sidecar, volumes or mounts {'to update' if check else 'updated'}")
         if self.states.get("ref"):
-            parts.append(f"{self.states['ref']} StepAction references (traced through the StepAction)")
+            refs = _count(self.states["ref"], "StepAction reference")
+            parts.append(f"{refs} (traced through the StepAction)")
         line = "step-tracer inject: " + ", ".join(parts)
+        if self.files and not self.resources:
+            line += "; no Tekton Task, Pipeline or StepAction found"
         unwrapped = self.states.get("unwrapped", 0)
         if unwrapped:
             why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
             line += f"; {unwrapped} left unwrapped ({why})"
         return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _errors(err: TextIO, exc: InjectError) -> None:

@@ -25,6 +25,9 @@ from step_tracer.inject.model import (
     Path,
     PrefixScript,
     Problem,
+    Replace,
+    ReplaceFirstLine,
+    ReplaceItems,
     Resolver,
     SetKey,
     StepReport,
@@ -107,9 +110,10 @@ def plan_step(
         return _plan_script(plan, path, label, script, timeout, options)
 
     if command:
-        if command[0] == options.wrapper:
-            _check_stale(plan, loc, command[1:], label, index, options)
-            return plan.finish("already")
+        end = _wrapped_prefix(command, options)
+        if end:
+            want = wrapper_command(options, label, index, timeout)
+            return _update_command(plan, (*path, "command"), command[:end], want)
         plan.ops.append(InsertItems((*path, "command"), 0, tuple(wrapper_command(options, label, index, timeout))))
         return plan.finish("wrapped")
 
@@ -129,18 +133,23 @@ def _plan_script(
     plan: StepPlan, path: Path, label: str, script: str, timeout: str | None, options: InjectOptions
 ) -> StepPlan:
     loc, index = plan.location, plan.index
-    if script.startswith(f"#!{options.wrapper} "):
-        _check_stale(plan, loc, script.split("\n", 1)[0].split()[1:], label, index, options)
-        return plan.finish("already")
+    have = script.partition("\n")[0]
+    if _is_our_shebang(have, options):
+        want, why_not = _shebang_for(options, label, index, timeout)
+        if have.rstrip("\r") == want:
+            return plan.finish("already")
+        if why_not:
+            plan.notes.append(Note("warning", loc, f"already wrapped, but cannot be brought up to date: {why_not}"))
+            return plan.finish("already")
+        plan.ops.append(ReplaceFirstLine(path, "script", want))
+        return plan.finish("stale", _what_changed(_options_of(have.split()[2:]), want.split()[2:]))
     # Tekton decides on the trimmed script (strings.TrimSpace) whether it has a shebang or is PowerShell.
     trimmed = script.lstrip()
     if trimmed.startswith("#!win"):
         return plan.finish("unwrapped", "Windows (#!win) scripts are not wrapped", "warning")
-    if any(c.isspace() for c in label) or (timeout is not None and any(c.isspace() for c in timeout)):
-        return plan.finish("unwrapped", "step name or timeout contains whitespace (cannot go on a #! line)", "warning")
-    line = shebang_line(options, label, index, timeout)
-    if len(line.encode()) > MAX_SHEBANG_BYTES:
-        return plan.finish("unwrapped", f"the #! line would exceed {MAX_SHEBANG_BYTES} bytes", "warning")
+    line, why_not = _shebang_for(options, label, index, timeout)
+    if why_not:
+        return plan.finish("unwrapped", why_not, "warning")
     prefix = line + "\n"
     if not trimmed.startswith("#!"):
         # Tekton adds this preamble only to scripts without "#!"; ours now has one, so add it ourselves.
@@ -183,26 +192,64 @@ def _entrypoint(
     return list(entrypoint), f"entrypoint of {image} looked up"
 
 
-def _check_stale(
-    plan: StepPlan, loc: Location, argv: list[str], label: str, index: int, options: InjectOptions
-) -> None:
-    """Warn when an already-wrapped step names another step or index (steps renamed or reordered)."""
+def _shebang_for(options: InjectOptions, label: str, index: int, timeout: str | None) -> tuple[str, str]:
+    """The #! line for a script step, and why it cannot be written ("" when it can)."""
+    if any(c.isspace() for c in label) or (timeout is not None and any(c.isspace() for c in timeout)):
+        return "", "step name or timeout contains whitespace (cannot go on a #! line)"
+    line = shebang_line(options, label, index, timeout)
+    if len(line.encode()) > MAX_SHEBANG_BYTES:
+        return "", f"the #! line would exceed {MAX_SHEBANG_BYTES} bytes"
+    return line, ""
+
+
+def _is_wrapper(path: str, options: InjectOptions) -> bool:
+    """The wrapper this run writes, or one an earlier run wrote with another --wrapper (same program name)."""
+    return path == options.wrapper or (path.startswith("/") and path.rpartition("/")[2] == "step-tracer")
+
+
+def _is_our_shebang(line: str, options: InjectOptions) -> bool:
+    words = line[2:].split() if line.startswith("#!") else []
+    return len(words) >= 2 and _is_wrapper(words[0], options) and words[1] == "run-script"
+
+
+def _wrapped_prefix(command: list[str], options: InjectOptions) -> int:
+    """The length of the wrapper's part of an already-wrapped command (through its `--`), or 0."""
+    if len(command) < 3 or not _is_wrapper(command[0], options) or command[1] != "run" or "--" not in command:
+        return 0
+    return command.index("--") + 1
+
+
+def _options_of(argv: list[str]) -> dict[str, str]:
+    """The wrapper's --tekton-step* options, whichever of `--name value` and `--name=value` was written."""
     got: dict[str, str] = {}
     it = iter(argv)
     for arg in it:
         if arg == "--":
             break
         key, eq, value = arg.partition("=")
-        if key in ("--tekton-step", "--tekton-step-index"):
+        if key.startswith("--tekton-step"):
             got[key] = value if eq else next(it, "")
-    want = {"--tekton-step": label, "--tekton-step-index": str(index)}
-    if any(got.get(k) != v for k, v in want.items()):
-        plan.notes.append(
-            Note(
-                "warning",
-                loc,
-                f"already wrapped, but as step {got.get('--tekton-step')!r} index "
-                f"{got.get('--tekton-step-index')!r} (expected {label!r} index {index}); "
-                "remove the wrapper and patch again",
-            )
-        )
+    return got
+
+
+def _what_changed(have: dict[str, str], want_argv: list[str]) -> str:
+    """What an outdated wrapper's options say against what the step now needs, for --check and the summary."""
+    want = _options_of(want_argv)
+    words = {"--tekton-step": "name", "--tekton-step-index": "index", "--tekton-step-timeout": "timeout"}
+    changes = [
+        f"{word} {have.get(key, 'unset')} -> {want.get(key, 'unset')}"
+        for key, word in words.items()
+        if have.get(key) != want.get(key)
+    ]
+    return "wrapper options out of date (" + (", ".join(changes) or "wrapper path") + ")"
+
+
+def _update_command(plan: StepPlan, path: Path, have: list[str], want: list[str]) -> StepPlan:
+    """Bring an already-wrapped command's wrapper part up to date, item by item when only values changed."""
+    if have == want:
+        return plan.finish("already")
+    if len(have) == len(want):
+        plan.ops += [Replace((*path, i), w) for i, (h, w) in enumerate(zip(have, want, strict=True)) if h != w]
+    else:
+        plan.ops.append(ReplaceItems(path, 0, len(have), tuple(want)))
+    return plan.finish("stale", _what_changed(_options_of(have[2:]), want[2:]))

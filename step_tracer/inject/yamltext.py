@@ -19,7 +19,17 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from step_tracer.inject.model import AppendItems, InsertItems, Op, Path, PrefixScript, SetKey
+from step_tracer.inject.model import (
+    AppendItems,
+    InsertItems,
+    Op,
+    Path,
+    PrefixScript,
+    Replace,
+    ReplaceFirstLine,
+    ReplaceItems,
+    SetKey,
+)
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -141,6 +151,18 @@ def scalar(value: Any, *, flow: bool = False, quote: str | None = None) -> str:
     return double_quoted(value)
 
 
+def literal_block(value: str, indent: int) -> list[str] | None:
+    """`value` as a literal block scalar: its header (`|`, `|-` or `|+`) then its lines at `indent`, or None when
+    a literal block cannot hold it (control characters, a leading blank, nothing but line breaks)."""
+    body = value.rstrip("\n")
+    if not body or body[0] in " \t\n" or any(not (c.isprintable() or c in "\t\n") for c in value):
+        return None
+    trailing = len(value) - len(body)
+    header = "|-" if trailing == 0 else "|" if trailing == 1 else "|+"
+    lines = [" " * indent + line if line else "" for line in body.split("\n")]
+    return [header, *lines, *[""] * max(0, trailing - 1)]
+
+
 def flow(value: Any, quote: str | None = None) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{scalar(k, flow=True)}: {flow(v)}" for k, v in value.items()) + "}"
@@ -162,6 +184,8 @@ class TextEditor:
         # (start, end, order, sequence, replacement); see insert() for `order`.
         self._edits: list[tuple[int, int, int, int, str]] = []
         self._at_open_end = False
+        # Empty flow collections (`volumes: []`, `spec: {}`) being filled, by node: written once, in block style.
+        self._fill: dict[int, tuple[Node, str | int, Any]] = {}
 
     # -- rendering ---------------------------------------------------------------------------------
 
@@ -254,6 +278,9 @@ class TextEditor:
         self._edits.append((start, end, order, len(self._edits), text))
 
     def result(self) -> str:
+        for parent, last, value in self._fill.values():
+            self._replace(parent, last, value)
+        self._fill.clear()
         out, prev = [], 0
         for start, end, _, _, text in sorted(self._edits):
             if start < prev:
@@ -266,8 +293,28 @@ class TextEditor:
     # -- operations --------------------------------------------------------------------------------
 
     def apply(self, root: Node, op: Op) -> None:
+        if isinstance(op, Replace):
+            self._replace(resolve(root, op.path[:-1]), op.path[-1], op.value)
+            return
         node = resolve(root, op.path)
-        if isinstance(op, InsertItems):
+        empty_flow = isinstance(node, MappingNode | SequenceNode) and node.flow_style and not node.value
+        if empty_flow and op.path and isinstance(op, AppendItems | SetKey):
+            parent = resolve(root, op.path[:-1])
+            if isinstance(parent, MappingNode | SequenceNode) and not parent.flow_style:
+                # `volumes: []` or `stepTemplate: {}` in a block mapping: write what we add in block style too,
+                # all of it at once (several edits may fill the same `spec: {}`).
+                empty: Any = [] if isinstance(op, AppendItems) else {}
+                value = self._fill.setdefault(id(node), (parent, op.path[-1], empty))[2]
+                if isinstance(op, AppendItems):
+                    value.extend(op.items)
+                else:
+                    value[op.key] = op.value
+                return
+        if isinstance(op, ReplaceItems):
+            self._replace_items(_expect(node, SequenceNode, op.path), op)
+        elif isinstance(op, ReplaceFirstLine):
+            self._replace_first_line(_expect(node, MappingNode, op.path), op)
+        elif isinstance(op, InsertItems):
             self._insert_items(_expect(node, SequenceNode, op.path), op)
         elif isinstance(op, AppendItems):
             self._append_items(_expect(node, SequenceNode, op.path), op.items)
@@ -374,17 +421,14 @@ class TextEditor:
             start -= 1
         self.replace(start, end, self.style.nl + self.style.nl.join(block))
 
-    def _prefix_script(self, mapping: MappingNode, op: PrefixScript) -> None:
-        found = pair(mapping, op.key)
+    def _script(self, mapping: MappingNode, key_name: str) -> tuple[Node, ScalarNode]:
+        found = pair(mapping, key_name)
         if found is None or not isinstance(found[1], ScalarNode):
-            raise EditError(f"{op.key} is not a scalar")
-        key, value = found[0], found[1]
-        assert isinstance(value, ScalarNode)
-        if value.style != "|":
-            start, end = value.start_mark.index, value.end_mark.index
-            tail = self.style.nl if self.text[start:end].endswith("\n") else ""
-            self.replace(start, end, double_quoted(op.prefix + value.value) + tail)
-            return
+            raise EditError(f"{key_name} is not a scalar")
+        return found[0], found[1]
+
+    def _literal_content(self, key: Node, value: ScalarNode) -> tuple[int, int]:
+        """Where a literal block scalar's content starts, and its indentation."""
         start = value.start_mark.index
         header_end = self.text.find("\n", start)
         header = _BLOCK_HEADER.match(self.text, start)
@@ -393,8 +437,102 @@ class TextEditor:
         digit = header.group(1) or header.group(2)
         content = header_end + 1
         indent = key.start_mark.column + int(digit) if digit else self._first_content_indent(content)
+        return content, indent
+
+    def _rewrite_script(self, key: Node, value: ScalarNode, new: str) -> None:
+        """Replace a script that is not a literal block with `new`: as a literal block when the text after it on its
+        line is blank (a reviewer reads a script as lines, not as one string full of \\n), else double-quoted."""
+        start, end = value.start_mark.index, value.end_mark.index
+        tail = self.style.nl if self.text[start:end].endswith("\n") else ""
+        rest = self.text[end : self.line_after(end)]
+        block = literal_block(new, key.start_mark.column + self.style.map_indent)
+        if block is not None and value.start_mark.line == key.start_mark.line and rest.strip() == "":
+            self.replace(start, end, self.style.nl.join(block) + tail)
+        else:
+            self.replace(start, end, double_quoted(new) + tail)
+
+    def _prefix_script(self, mapping: MappingNode, op: PrefixScript) -> None:
+        key, value = self._script(mapping, op.key)
+        if value.style != "|":
+            self._rewrite_script(key, value, op.prefix + value.value)
+            return
+        content, indent = self._literal_content(key, value)
         lines = op.prefix.split("\n")[:-1]
         self.insert(content, self._lines([" " * indent + line for line in lines]))
+
+    def _replace_first_line(self, mapping: MappingNode, op: ReplaceFirstLine) -> None:
+        key, value = self._script(mapping, op.key)
+        if value.style != "|":
+            _, nl, rest = value.value.partition("\n")
+            self._rewrite_script(key, value, op.line + nl + rest)
+            return
+        content, indent = self._literal_content(key, value)
+        first = content + indent
+        end = self.text.find("\n", first)
+        end = len(self.text) if end < 0 else end
+        if self.text[end - 1 : end] == "\r":
+            end -= 1
+        if not self.text.startswith("#!", first):
+            raise EditError("the script's first line is not a #! line")
+        self.replace(first, end, op.line)
+
+    def _replace(self, parent: Node, last: str | int, value: Any) -> None:
+        """Replace one value of a mapping or item of a sequence, keeping the layout around it."""
+        if isinstance(parent, MappingNode) and isinstance(last, str) and (found := pair(parent, last)) is not None:
+            key, node = found
+        elif isinstance(parent, SequenceNode) and isinstance(last, int) and 0 <= last < len(parent.value):
+            key, node = None, parent.value[last]
+        else:
+            raise EditError(f"cannot find {last!r}")
+        start, end = node.start_mark.index, node.end_mark.index
+        if isinstance(node, ScalarNode) and node.style in (None, '"', "'") and _inline(value):
+            quote = node.style if node.style in ('"', "'") and isinstance(value, str) else None
+            text = flow(value, quote) if isinstance(value, dict | list) else scalar(value, quote=quote)
+            self.replace(start, end, text)
+            return
+        if parent.flow_style or (isinstance(node, MappingNode | SequenceNode) and node.flow_style and node.value):
+            self.replace(start, end, flow(value))
+            return
+        # A block value (or a block scalar, or an empty flow one): rewrite the whole entry from its key or item.
+        if key is not None:
+            col = key.start_mark.column
+            lines = self.key_lines(str(getattr(key, "value", last)), value, col)
+            begin = key.start_mark.index
+        else:
+            assert isinstance(parent, SequenceNode)
+            dash, col = self._item_columns(parent)
+            if node.start_mark.column != col or node.start_mark.line != self._dash_line(node):
+                raise EditError("sequence item does not start on its dash's line")
+            lines = self.item_lines(value, dash, col)
+            begin = start
+        stop = self.line_after(self.content_end(node))
+        text = self._lines(lines)[col:]
+        if not self.text[begin:stop].endswith("\n"):  # the last line of a text without a final line break
+            text = text[: -len(self.style.nl)]
+        self.replace(begin, stop, text)
+
+    def _dash_line(self, node: Node) -> int:
+        """The line of the `-` that introduces a block sequence item."""
+        i = node.start_mark.index - 1
+        while i >= 0 and self.text[i] == " ":
+            i -= 1
+        return int(node.start_mark.line) if i >= 0 and self.text[i] == "-" else -1
+
+    def _replace_items(self, seq: SequenceNode, op: ReplaceItems) -> None:
+        if not 0 <= op.start < op.stop < len(seq.value):
+            raise EditError("items to replace out of range")
+        first, after = seq.value[op.start], seq.value[op.stop]
+        quote = first.style if isinstance(first, ScalarNode) and first.style in ('"', "'") else None
+        if seq.flow_style:
+            items = "".join(flow(v, quote) + ", " for v in op.items)
+            self.replace(first.start_mark.index, after.start_mark.index, items)
+            return
+        begin, end = self.line_start(first.start_mark.index), self.line_start(after.start_mark.index)
+        for node, pos in ((first, begin), (after, end)):
+            if self.text[pos : node.start_mark.index].strip(" ") != "-":
+                raise EditError("sequence items do not each start a line")
+        dash, content = self._item_columns(seq)
+        self.replace(begin, end, self._lines([ln for v in op.items for ln in self.item_lines(v, dash, content, quote)]))
 
     def _first_content_indent(self, pos: int) -> int:
         while pos < len(self.text):

@@ -119,12 +119,16 @@ def webhook(
     native = use_native_sidecar(native_sidecar, version)
     try:
         tls = ReloadingContext(cert, key)
-    except (OSError, ssl.SSLError) as err:
-        raise click.ClickException(f"cannot load the certificate: {err}") from None
+    except ssl.SSLError:
+        raise click.ClickException(
+            f"--cert {cert} and --key {key}: not a PEM certificate and its matching private key"
+        ) from None
+    except OSError as err:
+        raise click.ClickException(f"--cert {cert} or --key {key}: cannot read: {err.strerror}") from None
     try:
         server = WebhookServer((bind, port), tls, WebhookOptions(options, native))
     except OSError as err:
-        raise click.ClickException(f"cannot listen on {bind}:{port}: {err}") from None
+        raise click.ClickException(f"--bind {bind} --port {port}: cannot listen: {err.strerror}") from None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

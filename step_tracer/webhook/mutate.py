@@ -188,11 +188,11 @@ def mutate(pod: Any, options: WebhookOptions) -> Mutation:
     containers, init_containers = _list(spec.get("containers")), _list(spec.get("initContainers"))
     pod_volumes = _list(spec.get("volumes"))
     ours = {BIN_VOLUME, SPOOL_VOLUME, PODINFO_VOLUME}
+    steps = [(i, c) for i, c in enumerate(containers) if isinstance(c, Mapping) and _is_step(c)]
     if any(_mapping(v).get("name") in ours for v in pod_volumes) or any(
         _mapping(c).get("name") in (SIDECAR_CONTAINER, SIDECAR_NAME) for c in [*containers, *init_containers]
     ):
-        return Mutation(skipped="already-instrumented")
-    steps = [(i, c) for i, c in enumerate(containers) if isinstance(c, Mapping) and _is_step(c)]
+        return _update(spec, steps, options)
     if not steps:
         return Mutation(skipped="no-steps")
     mounts = step_mounts()
@@ -236,6 +236,94 @@ def mutate(pod: Any, options: WebhookOptions) -> Mutation:
     return Mutation(patch, steps=results, native_sidecar=native)
 
 
+def _update(spec: Mapping[str, Any], steps: list[tuple[int, Any]], options: WebhookOptions) -> Mutation:
+    """A pod instrumented already (by this webhook on an earlier call, or from a Task `step-tracer inject` patched
+    when it had other steps): bring what step-tracer put there up to date, or leave it unchanged when it is.
+
+    Steps that run the wrapper get their wrapper options and mounts fixed; the others are left as they are (a
+    script step's wrapper is in its script file, which admission cannot see). The sidecar, its step table and the
+    volumes are compared with what this pod needs by the fields step-tracer sets only: the API server's defaults
+    and what other admission plugins added (a service account token mount) are not differences.
+    """
+    patch: JsonPatch = []
+    results: list[StepResult] = []
+    table: list[dict[str, str]] = []
+    for index, (ci, c) in enumerate(steps):
+        ops, result, info = _step(c, ci, index, options.inject, gate=False)
+        table.append(info)
+        if result.state == "already":
+            patch += ops
+            patch += _update_named(("spec", "containers", ci, "volumeMounts"), c.get("volumeMounts"), step_mounts())
+            results.append(result)
+    found = [
+        (where, i, c)
+        for where in ("initContainers", "containers")
+        for i, c in enumerate(_list(spec.get(where)))
+        if _mapping(c).get("name") in (SIDECAR_CONTAINER, SIDECAR_NAME)
+    ]
+    if len(found) == 1:
+        where, i, c = found[0]
+        want = pod_sidecar(options, table, native=where == "initContainers")
+        want["name"] = c["name"]
+        want["env"][0]["value"] = _table_value(c, table, want["env"][0]["value"])
+        for key, value in want.items():
+            path = ("spec", where, i, key)
+            if key in ("volumeMounts", "env"):
+                patch += _update_named(path, c.get(key), value)
+            elif not _covers(c.get(key), value):
+                patch.append({"op": "replace" if key in c else "add", "path": _ptr(*path), "value": value})
+    patch += _update_named(("spec", "volumes"), spec.get("volumes"), volumes(options.inject))
+    if not patch:
+        return Mutation(skipped="already-instrumented")
+    return Mutation(patch, steps=results, native_sidecar=any(where == "initContainers" for where, _, _ in found))
+
+
+def _table_value(sidecar: Mapping[str, Any], table: list[dict[str, str]], value: str) -> str:
+    """The sidecar's STEP_TRACER_STEPS when it still describes this pod's steps, else `value`. A table the file
+    patcher wrote names StepAction references (`ref`) where the pod shows the image Tekton resolved: still current."""
+    env = [e for e in _list(sidecar.get("env")) if _mapping(e).get("name") == "STEP_TRACER_STEPS"]
+    try:
+        have = json.loads(_mapping(env[0]).get("value") or "") if env else None
+    except ValueError:
+        return value
+    if not isinstance(have, list) or len(have) != len(table) or not all(isinstance(h, dict) for h in have):
+        return value
+    for h, want in zip(have, table, strict=True):
+        same_image = h.get("image") == want.get("image") or ("ref" in h and "image" not in h)
+        if h.get("name") != want.get("name") or h.get("onError") != want.get("onError") or not same_image:
+            return value
+    return str(_mapping(env[0]).get("value"))
+
+
+def _covers(actual: Any, desired: Any) -> bool:
+    """`actual` has every field of `desired` with its value; more fields (defaults the API server filled in) are
+    fine, and lists must match item by item."""
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(k in actual and _covers(actual[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(_covers(a, d) for a, d in zip(actual, desired, strict=True))
+        )
+    return type(actual) is type(desired) and actual == desired
+
+
+def _update_named(path: tuple[str | int, ...], existing: Any, items: list[dict[str, Any]]) -> JsonPatch:
+    """Add the `items` a list lacks (by name) and replace those of the same name that differ; leave the rest."""
+    if not isinstance(existing, list):
+        return _append(path, existing, items)
+    names = {_mapping(e).get("name"): i for i, e in enumerate(existing)}
+    ops: JsonPatch = []
+    for item in items:
+        at = names.get(item["name"])
+        if at is None:
+            ops.append({"op": "add", "path": _ptr(*path, "-"), "value": item})
+        elif not _covers(existing[at], item):
+            ops.append({"op": "replace", "path": _ptr(*path, at), "value": item})
+    return ops
+
+
 def _step(
     c: Mapping[str, Any], ci: int, index: int, options: InjectOptions, *, gate: bool
 ) -> tuple[JsonPatch, StepResult, dict[str, str]]:
@@ -269,6 +357,11 @@ def _step(
     if found is not None:
         at, cmd, inline = found
         if cmd == options.wrapper:
+            # Wrapped before (by this webhook, or in the Task): its options follow the step as it is now.
+            rest = parsed.command_args
+            end = rest.index("--") + 1 if rest[:1] == ["run"] and "--" in rest else 0
+            if end and rest[:end] != wrap[1:]:
+                return finish([*prefix, *parsed.flags, "--", *wrap[1:], *rest[end:]], "already")
             return finish([*prefix, *args], "already")
         flags = list(parsed.flags)
         flags[at] = f"-entrypoint={options.wrapper}" if inline else options.wrapper
