@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,15 +394,24 @@ def webhook_command() -> list[str]:
     return [str(launcher)] if launcher.exists() else [sys.executable, "-m", "step_tracer"]
 
 
-def start_webhook(workdir: Path, extra: Sequence[str] = ()) -> Webhook:
-    """`step-tracer webhook` on 127.0.0.1 (any free port: the port is read from its start-up line)."""
+def start_webhook(
+    workdir: Path,
+    native: str = "always",
+    wrap: Callable[[list[str]], tuple[list[str], dict[str, str]]] | None = None,
+) -> Webhook:
+    """`step-tracer webhook` on 127.0.0.1 (any free port: the port is read from its start-up line).
+
+    `native` defaults to always: the API server is 1.37, and `auto` reads /version through the in-cluster
+    configuration, which a process outside a pod has only when `wrap` (as_in_a_pod) gives it one."""
     ca_pem, cert, key = issue_webhook_certificate(workdir)
     log = workdir / "webhook.log"
     log.write_bytes(b"")
-    # Native sidecars: the API server is 1.37; `auto` would read /version through the in-cluster configuration,
-    # which a process outside a pod does not have.
     argv = [*webhook_command(), "webhook", f"--cert={cert}", f"--key={key}", "--bind=127.0.0.1", "--port=0"]
-    proc = _start([*argv, "--native-sidecar=always", *extra], log, workdir / PIDS)
+    argv.append(f"--native-sidecar={native}")
+    env = None
+    if wrap is not None:
+        argv, env = wrap(argv)
+    proc = _start(argv, log, workdir / PIDS, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.search(rb"listening on https://127\.0\.0\.1:(\d+)", log.read_bytes())
@@ -466,6 +475,51 @@ def wait_port_closed(port: int) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"port {port} still accepts connections")
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def as_in_a_pod(
+    cluster: Cluster, tmp: Path, ns: str, bearer: str, argv: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) running `argv` as a container of a pod in `ns` sees the API server: the token, CA and namespace
+    at /var/run/secrets/kubernetes.io/serviceaccount (a tmpfs over /run in a user and mount namespace of its own,
+    so nothing on the host changes and no root is needed) and KUBERNETES_SERVICE_HOST/PORT."""
+    secrets = tmp / "serviceaccount"
+    secrets.mkdir(exist_ok=True)
+    _write(secrets / "token", bearer.encode())
+    _write(secrets / "namespace", ns.encode(), 0o644)
+    _write(secrets / "ca.crt", cluster.ca_file.read_bytes(), 0o644)
+    run = os.path.realpath("/var/run")  # /run on Debian: mount over the real directory
+    sa_dir = SERVICE_ACCOUNT_DIR.replace("/var/run", run, 1)
+    script = f'mount -t tmpfs tmpfs {run} && mkdir -p {sa_dir} && cp "$1"/* {sa_dir}/ && shift && exec "$@"'
+    host, _, port = cluster.url.removeprefix("https://").partition(":")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "STEP_TRACER_"))}
+    env.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port)
+    return ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(secrets), *argv], env
+
+
+def require_unshare() -> None:
+    """Skip (fail in CI) where user and mount namespaces cannot be made: as_in_a_pod needs them."""
+    import pytest
+
+    probe = subprocess.run(["unshare", "--map-root-user", "--mount", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"unshare (user and mount namespaces) does not work: {probe.stderr!r}")
+        pytest.skip("needs unshare --map-root-user --mount (user namespaces)")
+
+
+def service_account_token(cluster: Cluster, ns: str, service_account: str) -> str:
+    """A token of `ns/service_account` from the TokenRequest API, as the kubelet mounts one in a pod."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client())
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+    answer = core.create_namespaced_service_account_token(service_account, ns, request)
+    assert answer.status is not None
+    return str(answer.status.token)
 
 
 def summary(cluster: Cluster, webhook: Webhook | None) -> str:

@@ -7,8 +7,6 @@ over /run in a mount namespace of the lookup's own) and KUBERNETES_SERVICE_HOST/
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +17,18 @@ import pytest
 from step_tracer.sidecar.taskrun import TaskRunSpan
 from step_tracer.tekton import podinfo
 from step_tracer.tekton.paths import STATUS_CONTEXT_FILE
-from tests.real.cluster import REPO, Cluster, apply, load_documents, namespace
+from tests.real.cluster import (
+    REPO,
+    Cluster,
+    apply,
+    as_in_a_pod,
+    load_documents,
+    namespace,
+    require_unshare,
+    service_account_token,
+)
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-SA_DIR = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run on Debian; both are covered below
 
 
 def taskrun(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -47,44 +53,17 @@ def taskrun(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
 
 
 def token(cluster: Cluster, ns: str, service_account: str) -> str:
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api_client())
     if service_account != "default":
-        apply(
-            cluster.api_client(),
-            [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account, "namespace": ns}}],
-        )
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
-    answer = core.create_namespaced_service_account_token(service_account, ns, request)
-    assert answer.status is not None
-    return str(answer.status.token)
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account, "namespace": ns}}
+        apply(cluster.api_client(), [account])
+    return service_account_token(cluster, ns, service_account)
 
 
 def lookup(cluster: Cluster, tmp: Path, ns: str, name: str, bearer: str) -> tuple[int, str, Path]:
     """Run the sidecar's lookup as in a pod of `ns` with `bearer` mounted; (exit code, stderr, output file)."""
-    secrets = tmp / "serviceaccount"
-    secrets.mkdir()
-    (secrets / "token").write_text(bearer)
-    (secrets / "namespace").write_text(ns)
-    shutil.copy(cluster.ca_file, secrets / "ca.crt")
     output = tmp / STATUS_CONTEXT_FILE
-    host, _, port = cluster.url.removeprefix("https://").partition(":")
-    script = f'mount -t tmpfs tmpfs /run && mkdir -p {SA_DIR} && cp "$1"/* {SA_DIR}/ && shift && exec "$@"'
-    argv = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(secrets)]
-    argv += [
-        sys.executable,
-        "-m",
-        "step_tracer.sidecar.kube",
-        "--output",
-        str(output),
-        "--namespace",
-        ns,
-        "--name",
-        name,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "STEP_TRACER_"))}
-    env.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port)
+    argv = [sys.executable, "-m", "step_tracer.sidecar.kube", "--output", str(output), "--namespace", ns]
+    argv, env = as_in_a_pod(cluster, tmp, ns, bearer, [*argv, "--name", name])
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
     return proc.returncode, proc.stderr, output
 
@@ -104,11 +83,7 @@ def unbound_ns(cluster: Cluster) -> str:
 
 @pytest.fixture(autouse=True)
 def _unshare_works() -> None:
-    probe = subprocess.run(["unshare", "--map-root-user", "--mount", "true"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"unshare (user and mount namespaces) does not work: {probe.stderr!r}")
-        pytest.skip("needs unshare --map-root-user --mount (user namespaces)")
+    require_unshare()
 
 
 def test_bound_service_account_reads_the_span_context(cluster: Cluster, bound_ns: str, tmp_path: Path) -> None:

@@ -24,12 +24,16 @@ import pytest
 from tests.real import tekton
 from tests.real.cluster import (
     DEPLOY_WEBHOOK,
+    WEBHOOK_NAMESPACE,
     Cluster,
     Webhook,
     apply,
+    as_in_a_pod,
     issue_webhook_certificate,
     namespace,
     render_kustomization,
+    require_unshare,
+    service_account_token,
     start_webhook,
     wait_port_closed,
     webhook_objects,
@@ -331,3 +335,31 @@ def test_tekton_manifests_we_ship_are_valid_objects(cluster: Cluster, traced_ns:
     for obj, got in zip(objects, stored, strict=True):
         # Nothing we wrote was pruned as unknown by the CRD's structural schema.
         assert got.to_dict()["spec"] == obj["spec"], obj["metadata"]["name"]
+
+
+def test_native_sidecar_auto_reads_the_real_version_with_deploy_webhooks_account(
+    cluster: Cluster, cluster_webhook: Webhook, tmp_path: Path
+) -> None:
+    """deploy/webhook/base/rbac.yaml says the webhook needs no RBAC for `--native-sidecar auto`: its
+    ServiceAccount (no binding) reads /version through the in-cluster configuration, as in its pod."""
+    require_unshare()
+    bearer = service_account_token(cluster, WEBHOOK_NAMESPACE, "step-tracer-webhook")
+    webhook = start_webhook(
+        tmp_path, native="auto", wrap=lambda argv: as_in_a_pod(cluster, tmp_path, WEBHOOK_NAMESPACE, bearer, argv)
+    )
+    try:
+        started = next(line for line in webhook.log.read_text().splitlines() if "listening on" in line)
+    finally:
+        webhook.process.terminate()
+        webhook.process.wait(10)
+    major, minor = kube_version(cluster)
+    assert started.endswith(f"(sidecar: native, Kubernetes {major}.{minor})"), started
+
+
+def kube_version(cluster: Cluster) -> tuple[str, str]:
+    import json
+
+    status, body = cluster.get("/version")
+    assert status == 200
+    data = json.loads(body)
+    return data["major"], data["minor"]
