@@ -423,7 +423,7 @@ def start_webhook(
     raise RuntimeError(f"step-tracer webhook did not start: {_tail(log)}")
 
 
-def webhook_objects(port: int, ca_pem: bytes, path_prefix: str = "") -> list[dict[str, Any]]:
+def webhook_objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
     """deploy/webhook/base as `kustomize build` renders it, changed in the two ways a local process needs:
 
     - `caBundle` set to the serving certificate's CA, as cert-manager's CA injector does (cert-manager/);
@@ -438,7 +438,7 @@ def webhook_objects(port: int, ca_pem: bytes, path_prefix: str = "") -> list[dic
             continue
         for hook in obj["webhooks"]:
             service = hook["clientConfig"].pop("service")
-            hook["clientConfig"]["url"] = f"https://127.0.0.1:{port}{path_prefix}{service.get('path', '/')}"
+            hook["clientConfig"]["url"] = f"https://127.0.0.1:{port}{service.get('path', '/')}"
             hook["clientConfig"]["caBundle"] = base64.b64encode(ca_pem).decode()
     return objects
 
