@@ -163,6 +163,23 @@ def test_a_pod_that_is_not_tektons_is_left_alone(cluster: Cluster, traced_ns: st
     assert not injected(pod), pod
 
 
+@pytest.mark.parametrize("value", ["false", "off"])
+def test_a_pod_opted_out_by_label_is_not_sent_to_the_webhook(cluster: Cluster, traced_ns: str, value: str) -> None:
+    """The shipped objectSelector (the API server filters; the webhook is not called)."""
+    pod = tekton_pod(traced_ns, f"opted-out-{value}")
+    pod["metadata"]["labels"]["step-tracer.dev/inject"] = value
+    stored, _ = create_pod(cluster, traced_ns, pod)
+    assert not injected(stored)
+
+
+@pytest.mark.usefixtures("traced_ns")  # the webhook configuration is in effect
+def test_a_tekton_pod_in_a_namespace_not_opted_in_is_left_alone(cluster: Cluster) -> None:
+    """The shipped namespaceSelector: step-tracer.dev/inject=enabled on the namespace."""
+    ns = namespace(cluster.api_client(), "not-traced")
+    stored, _ = create_pod(cluster, ns, tekton_pod(ns, "build"))
+    assert not injected(stored)
+
+
 def test_an_instrumented_pod_is_not_instrumented_again(cluster: Cluster, traced_ns: str) -> None:
     first, _ = create_pod(cluster, traced_ns, tekton_pod(traced_ns, "build-2"))
     again = copy.deepcopy(first)
