@@ -147,7 +147,7 @@ def test_no_context_within_the_budget_falls_back_to_derived_ids(
 
 
 @pytest.mark.parametrize("debug", ["1", ""])
-def test_forbidden_is_said_once_and_only_in_debug(
+def test_forbidden_is_said_once_debug_or_not(
     pod: Pod, api: FakeApiServer, http_receiver: HttpReceiver, debug: str
 ) -> None:
     api.answers["v1"] = [(403, status(403, "Forbidden"))]
@@ -157,9 +157,8 @@ def test_forbidden_is_said_once_and_only_in_debug(
         assert len(api.requests) == 1  # no retry: permissions do not change within seconds
         assert sidecar.stop()[0] == 0
     mentions = [line for line in sidecar.stderr.splitlines() if "403" in line]
-    assert len(mentions) == (1 if debug else 0), sidecar.stderr
-    if debug:
-        assert "rbac.yaml" in mentions[0]
+    assert len(mentions) == 1, sidecar.stderr
+    assert "rbac.yaml" in mentions[0]
 
 
 def test_an_annotation_means_no_lookup(pod: Pod, api: FakeApiServer, http_receiver: HttpReceiver) -> None:

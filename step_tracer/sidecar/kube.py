@@ -29,6 +29,11 @@ def _debug(message: str) -> None:
         sys.stderr.flush()
 
 
+def _say(message: str) -> None:
+    sys.stderr.write(f"step-tracer sidecar: {message}\n")
+    sys.stderr.flush()
+
+
 def carrier_from(taskrun: Any) -> dict[str, str] | None:
     """The `{"traceparent", "tracestate"}` carrier of a TaskRun object when its status holds a valid one."""
     status = taskrun.get("status") if isinstance(taskrun, dict) else None
@@ -93,7 +98,8 @@ def lookup(namespace: str, name: str, api: str, budget: float) -> tuple[int, dic
                 )
             except ApiException as err:
                 if err.status in (401, 403):
-                    _debug(
+                    # Said whatever STEP_TRACER_DEBUG is: a missing RoleBinding is the operator's to fix.
+                    _say(
                         f"not allowed to get TaskRun {namespace}/{name} ({err.status} {err.reason}): grant `get` on "
                         "taskruns.tekton.dev to the TaskRun's service account (tekton/rbac.yaml) to join Tekton's "
                         "trace; using ids derived from the TaskRun UID"

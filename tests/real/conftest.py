@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.real.cluster import Cluster, Webhook, cluster_bin_dir, install_tekton_crds, register_webhook, start_webhook
+from tests.real.cluster import start as start_cluster
+from tests.real.cluster import stop as stop_cluster
 from tests.real.e2e import Rig
 
 
@@ -36,3 +39,30 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 TASKS = Path(__file__).with_name("tasks")
+
+
+# --- a real control plane (tests/real/cluster.py): rootless, needs Go to build hack/cluster ---------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """etcd + kube-apiserver on 127.0.0.1 with Tekton's CRDs installed, once per session."""
+    if shutil.which("go") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the control-plane tests cannot run in CI: needs Go to build hack/cluster")
+        pytest.skip("needs Go to build kube-apiserver and etcd (hack/build-cluster)")
+    workdir = tmp_path_factory.mktemp("cluster")
+    try:
+        running = start_cluster(workdir, cluster_bin_dir())
+        install_tekton_crds(running)
+        yield running
+    finally:
+        stop_cluster(workdir)
+
+
+@pytest.fixture(scope="session")
+def cluster_webhook(cluster: Cluster) -> Webhook:
+    """`step-tracer webhook` on 127.0.0.1, registered through deploy/webhook (stopped with the cluster)."""
+    webhook = start_webhook(cluster.workdir)
+    register_webhook(cluster, webhook)
+    return webhook
