@@ -66,9 +66,13 @@ def build_pod(
     labels: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     workspaces: Mapping[str, str] | None = None,
+    feature_flags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Pod Tekton's TaskRun reconciler creates for a TaskRun of `task` (a Task in `files`)."""
+    """The Pod Tekton's TaskRun reconciler creates for a TaskRun of `task` (a Task in `files`), with Tekton's
+    default feature flags but `feature_flags`."""
     args = _args(task, name, namespace, uid, annotations or {}, labels or {}, params or {}, workspaces or {})
+    for key, value in (feature_flags or {}).items():
+        args += ["-feature-flag", f"{key}={value}"]
     return _run([*args, *map(str, files)])
 
 

@@ -56,8 +56,7 @@ SLACK = 15.0
 def tekton_pod(namespace: str, name: str, files: tuple[Path, ...] = (RESTRICTED_TASK,)) -> dict[str, Any]:
     """The Pod Tekton's TaskRun reconciler creates for TaskRun `name`, with set-security-context=true (Tekton's
     own init containers restricted-compliant), ready to be created through the API server."""
-    args = [*tekton._args(None, name, namespace, None, {}, {}, {}), "-feature-flag", "set-security-context=true"]
-    pod = tekton._run([*args, *map(str, files)])
+    pod = tekton.build_pod(files, name=name, namespace=namespace, feature_flags={"set-security-context": "true"})
     pod.pop("status", None)
     pod["metadata"].pop("creationTimestamp", None)
     return pod
