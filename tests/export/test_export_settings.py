@@ -409,7 +409,7 @@ def test_hot_path_modules_import_nothing_expensive() -> None:
         "'grpc', 'dataclasses', 'enum', 'logging', 'random', 'opentelemetry', 'google.protobuf') "
         "if m in sys.modules and m not in before))"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-S", "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=True
     )

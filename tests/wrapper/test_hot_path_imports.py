@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.otlp_receiver import HttpReceiver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("opentelemetry", "google.protobuf", "grpc", "click", "psutil", "typing", "re", "enum", "json",
          "dataclasses", "logging", "signal", "subprocess", "threading", "http.client", "email", "ssl", "socket",
          "encodings.idna")  # fmt: skip

@@ -21,7 +21,7 @@ from step_tracer.span import Batch, Event, Span
 from step_tracer.tekton import podinfo, spool
 from tests.conftest import Wrapper
 from tests.otlp_receiver import HttpReceiver
-from tests.test_sidecar_pod import (
+from tests.sidecar.test_sidecar_pod import (
     TASKRUN_UID,
     Pod,
     Sidecar,
@@ -414,7 +414,7 @@ def test_a_step_of_another_uid_cannot_end_or_replace_a_steps_span(http_receiver:
         pod = Pod(base)
         pod.write_podinfo(pod.taskrun_labels())
         real = in_pod(0, "clone")
-        env = {**pod_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {**pod_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[2])}
 
         def write_as(uid: int, function: str, span: Span) -> None:
             line = json_codec.encode([Batch({}, [span])])

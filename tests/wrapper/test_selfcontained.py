@@ -25,7 +25,7 @@ from step_tracer.span import Span
 from tests.otlp_receiver import HttpReceiver
 from tests.rootfs import KINDS, Chroot, make_rootfs, missing_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WRAPPER = "/step-tracer/bin/step-tracer"
 NOBODY = 65532  # distroless "nonroot"
 BASE_ENV = {"PATH": "/usr/bin:/bin", "STEP_TRACER_FILE": "/out/spans.jsonl"}

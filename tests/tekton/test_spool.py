@@ -173,7 +173,7 @@ def test_parse_record_rejects_anything_but_one_span() -> None:
 def test_writing_records_keeps_to_the_hot_path_imports(tmp_path: Path) -> None:
     """The wrapper writes two records per Tekton step; that must not pull in what the brief bans there."""
     code = (
-        f"import sys, os, time; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); before = set(sys.modules)\n"
+        f"import sys, os, time; sys.path.insert(0, {str(Path(__file__).parents[2])!r}); before = set(sys.modules)\n"
         "from step_tracer.span import Span\nfrom step_tracer.tekton import spool\n"
         "s = Span('s', os.urandom(16).hex(), os.urandom(8).hex(), start_ns=time.time_ns())\n"
         "spool.write_start(sys.argv[1], {'service.name': 'x'}, s); s.end_ns = s.start_ns + 1\n"
@@ -201,7 +201,7 @@ def as_uid(uid: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         cwd="/",
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
 
 

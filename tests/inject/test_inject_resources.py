@@ -8,7 +8,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from step_tracer.inject import InjectError, InjectOptions, patch_text
-from tests.test_inject_steps import VOLUMES_AND_TEMPLATE, W, sidecars, steps_json
+from tests.inject.test_inject_steps import VOLUMES_AND_TEMPLATE, W, sidecars, steps_json
 
 OPTS = InjectOptions()
 

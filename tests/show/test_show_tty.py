@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_show import GOLDEN_80, pipeline_run, write_lines
+from tests.show.test_show import GOLDEN_80, pipeline_run, write_lines
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (CI installs it)")
 

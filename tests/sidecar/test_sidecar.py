@@ -15,7 +15,7 @@ import pytest
 from step_tracer.otlp import json_codec
 from step_tracer.sidecar.ready import ready_main
 from tests.otlp_receiver import Blackhole, GrpcReceiver, HttpReceiver, ReceivedSpan, free_port
-from tests.test_sidecar_pod import (
+from tests.sidecar.test_sidecar_pod import (
     SIDECAR,
     Forwarder,
     Pod,
@@ -366,10 +366,11 @@ def test_a_non_root_sidecar_ships_and_deletes_what_another_uid_wrote(http_receiv
         pod.spool.chmod(0o777)
         span = step_span(0)
         write = (
-            "import sys; from tests.test_sidecar_pod import Pod, step_span, write_step; from pathlib import Path; "
+            "import sys; from pathlib import Path; "
+            "from tests.sidecar.test_sidecar_pod import Pod, step_span, write_step; "
             f"s = step_span(0); s.span_id = {span.span_id!r}; write_step(Pod(Path(sys.argv[1])), s)"
         )
-        env = {**http_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {**http_env(pod, http_receiver), "PYTHONPATH": str(Path(__file__).parents[2])}
         subprocess.run(as_uid(12345, sys.executable, "-c", write, str(base)), env=env, check=True, timeout=60, cwd="/")
         assert {p.stat().st_uid for p in pod.spool.iterdir()} == {12345}
         proc = subprocess.Popen(

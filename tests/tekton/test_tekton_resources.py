@@ -10,7 +10,7 @@ from ruamel.yaml import YAML
 
 from step_tracer.inject import InjectOptions, patch_text, validate_document
 
-TEKTON = Path(__file__).resolve().parents[1] / "tekton"
+TEKTON = Path(__file__).resolve().parents[2] / "tekton"
 FILES = sorted(TEKTON.rglob("*.yaml"))
 
 

@@ -21,7 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from step_tracer.inject import InjectOptions, patch_text
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "konflux-build-definitions"
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "konflux-build-definitions"
 OPTS = InjectOptions()
 NEW_DIGEST = "sha256:" + "0" * 64
 

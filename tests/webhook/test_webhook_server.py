@@ -403,7 +403,7 @@ def test_auto_reads_the_cluster_version(tmp_path: Path, monkeypatch: pytest.Monk
     assert use_native_sidecar("never", (1, 30)) is False and use_native_sidecar("always", (1, 20)) is True
 
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "webhook"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook"
 
 
 def _manifests(*names: str) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 
 from step_tracer.wrapper.cgroup import Snapshot, snapshot, usage_attributes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 POD_PATH = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abc.scope"
 V1_POD_PATH = "/kubepods/burstable/pod1234/abcdef0123456789"

@@ -35,7 +35,7 @@ from tests.otlp_receiver import Blackhole, GrpcReceiver, HttpReceiver, ReceivedS
 
 DEADLINE = 0.8
 BOUND = DEADLINE + 1.0  # "returns within the deadline + 1 s"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 RESOURCE = {"service.name": "tekton-steps", "k8s.pod.name": "build-pod-1", "telemetry.sdk.name": "step-tracer"}
 

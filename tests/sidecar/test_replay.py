@@ -8,7 +8,7 @@ from pathlib import Path
 
 from step_tracer.tekton import podinfo, spool
 from tests.otlp_receiver import HttpReceiver, free_port
-from tests.test_sidecar_pod import LAUNCHER, TASKRUN_UID, Pod, Sidecar, clean_env, step_span, write_step
+from tests.sidecar.test_sidecar_pod import LAUNCHER, TASKRUN_UID, Pod, Sidecar, clean_env, step_span, write_step
 
 
 def replay(receiver: HttpReceiver, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -14,7 +14,7 @@ import pytest
 
 from step_tracer.sidecar import kube
 from tests.otlp_receiver import HttpReceiver
-from tests.test_sidecar_pod import Pod, Sidecar, step_span, write_step
+from tests.sidecar.test_sidecar_pod import Pod, Sidecar, step_span, write_step
 
 TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
 

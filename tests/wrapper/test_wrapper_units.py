@@ -242,7 +242,7 @@ def test_original_environ_is_what_the_kernel_started_us_with() -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={"KEEP": "yes", "WEIRD": "a=b\nc", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={"KEEP": "yes", "WEIRD": "a=b\nc", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         capture_output=True,
         text=True,
         check=True,

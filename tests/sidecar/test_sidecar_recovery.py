@@ -11,7 +11,7 @@ import pytest
 from step_tracer.context import SpanContext
 from step_tracer.tekton import podinfo
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
-from tests.test_sidecar_pod import TASKRUN_UID, Pod, Sidecar, step_span, write_step
+from tests.sidecar.test_sidecar_pod import TASKRUN_UID, Pod, Sidecar, step_span, write_step
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from step_tracer.inject import InjectOptions, PatchResult, patch_text, validate_document
 from tests.pod_security import container_violations, pod_violations, task_pod_spec
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "konflux-build-definitions"
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "konflux-build-definitions"
 W = "/step-tracer/bin/step-tracer"
 OPTS = InjectOptions()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from step_tracer.wrapper.sampler import TreeSampler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 # Each child touches 60 MiB (bytes * n writes every page) then waits for stdin EOF;
