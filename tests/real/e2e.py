@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
 from tests.real.images import make_images, tekton_bin_dir
@@ -160,8 +160,10 @@ class Rig:
         claims: Mapping[str, Path] | None = None,
         grace_seconds: float = 5.0,
         timeout: float = 300.0,
+        otlp_env: Mapping[str, str] | None = None,
     ) -> Run:
-        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`)."""
+        """Run `task` from `files` as a TaskRun on `path` (`unpatched`, `inject` or `webhook`). The sidecar's
+        Secret `step-tracer-otlp` is `otlp_env` when given (e.g. a real Collector), else the rig's receiver."""
         scratch = self._scratch(f"{task}-{path}")
         if path == "inject":
             files = inject(files, scratch / "patched")
@@ -184,7 +186,7 @@ class Rig:
             self.images,
             scratch / "pod",
             default_image=self.default,
-            secrets={OTLP_SECRET: self.otlp_env},
+            secrets={OTLP_SECRET: dict(self.otlp_env if otlp_env is None else otlp_env)},
             grace_seconds=grace_seconds,
             claims=claims,
         )
@@ -285,7 +287,18 @@ def expected_result(state: Mapping[str, Any]) -> str:
     return "success" if code == 0 else "failure"
 
 
-def compare(task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan]) -> list[StepReport]:
+class StepSpan(Protocol):
+    """What `compare` reads of a span: our receiver's ReceivedSpan, or a span read back from Jaeger."""
+
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def parent_span_id(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+
+
+def compare(task: str, base: Run, traced: Run, spans: Sequence[StepSpan]) -> list[StepReport]:
     """One report per step of `traced` against the unpatched `base`."""
     reports = []
     parent = traced.traceparent.split("-")
