@@ -47,6 +47,15 @@ def wrapped(cmd: list[str], env: dict[str, str], tmp_path: Path, *attrs: str) ->
     return proc.returncode
 
 
+def barrier(collector: Collector, jaeger: Jaeger, tmp_path: Path) -> None:
+    """Returns once a span sent now through `collector` is in Jaeger. What was sent before it is in an earlier or
+    the same batch of the Collector's pipeline, so by then it has been stored too (a late duplicate included)."""
+    trace_id, parent, _ = new_span_context()
+    env = {"TRACEPARENT": f"00-{trace_id}-{parent}-01", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint}
+    assert wrapped(["true"], env, tmp_path) == 0
+    one_span(jaeger, trace_id)
+
+
 def one_span(jaeger: Jaeger, trace_id: str) -> Span:
     spans = jaeger.wait_for(trace_id, 1)
     assert len(spans) == 1, spans
@@ -135,7 +144,7 @@ def test_the_file_exporters_output_is_what_the_collectors_otlpjsonfile_receiver_
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("task", ["results-and-continue", "fails-then-skips"])
 def test_a_taskruns_step_spans_reach_jaeger_through_the_collector(
-    rig: Rig, collector: Collector, jaeger: Jaeger, task: str, path: str
+    rig: Rig, collector: Collector, jaeger: Jaeger, tmp_path: Path, task: str, path: str
 ) -> None:
     """The sidecar ships through its Secret's endpoint (here the Collector) and Jaeger holds exactly one span per
     executed step, each a child of the TaskRun's span context, with Tekton's result and exit code."""
@@ -145,7 +154,9 @@ def test_a_taskruns_step_spans_reach_jaeger_through_the_collector(
     trace_id, parent = traced.traceparent.split("-")[1:3]
     executed = [s for s in traced.steps() if s.get("terminationReason") != "Skipped"]
 
-    spans = jaeger.wait_for(trace_id, len(executed))
+    jaeger.wait_for(trace_id, len(executed))
+    barrier(collector, jaeger, tmp_path)
+    spans = jaeger.trace(trace_id)
     problems = [r.line() for r in compare(task, base, traced, spans) if r.problems]
     assert not problems, "\n".join(problems)
     assert len(spans) == len(executed) and len({s.span_id for s in spans}) == len(spans)
