@@ -61,9 +61,9 @@ def collector(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Itera
     work = tmp_path_factory.mktemp("otelcol")
     spans_dir = work / "step-tracer-files"
     spans_dir.mkdir()
-    config, grpc_port, http_port = collector_config(
-        work, jaeger, spool_glob=str(spans_dir / "*.jsonl"), file_out=work / "collector-file-exporter.jsonl"
-    )
-    server = Collector(work, config, {}, grpc_port, http_port, spans_dir=spans_dir)
+    file_out = work / "collector-file-exporter.jsonl"
+    spool_glob = str(spans_dir / "*.jsonl")
+    config, grpc_port, http_port = collector_config(work, jaeger, spool_glob=spool_glob, file_out=file_out)
+    server = Collector(work, config, {}, grpc_port, http_port, spans_dir=spans_dir, file_out=file_out)
     yield server
     server.stop()

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,11 @@ def otlp_spans(traces_data: Mapping[str, Any]) -> list[Span]:
 JAEGER_WARNINGS = "@jaeger@warnings"
 
 
+def as_sent(span: Span) -> Span:
+    """`span` without what Jaeger adds to it (`JAEGER_WARNINGS`): as the sender sent it."""
+    return replace(span, attributes={k: v for k, v in span.attributes.items() if k != JAEGER_WARNINGS})
+
+
 class Jaeger(Server):
     """Jaeger v2 (all-in-one: OTLP gRPC in, in-memory storage, query API) on 127.0.0.1 free ports."""
 
@@ -305,10 +310,13 @@ class Collector(Server):
         http_port: int,
         *,
         spans_dir: Path | None = None,
+        file_out: Path | None = None,
     ):
         self.grpc_port, self.http_port = grpc_port, http_port
         #: where the configuration's otlpjsonfile receiver looks for step-tracer's `file` exporter output
         self.spans_dir = spans_dir
+        #: where the configuration's own `file` exporter writes what the Collector received
+        self.file_out = file_out
         super().__init__([str(otel_bin_dir() / "otelcol"), "--config", str(config)], workdir, "otelcol", env)
         wait_until(
             "otelcol", lambda: _listening(self.grpc_port) and _listening(self.http_port), self.proc, self.log, 60
@@ -321,6 +329,19 @@ class Collector(Server):
     @property
     def grpc_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.grpc_port}"
+
+    def exported(self, trace_id: str, count: int, timeout: float = 30.0) -> list[Span]:
+        """The spans of `trace_id` in the Collector's own `file` exporter output, once it holds `count` of them
+        (the exporter flushes every second)."""
+        assert self.file_out is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.file_out.read_text() if self.file_out.exists() else ""
+            spans = [s for line in text.splitlines() if line for s in otlp_spans(json.loads(line))]
+            mine = [s for s in spans if s.trace_id == trace_id]
+            if len(mine) >= count or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.2)
 
 
 def validate(config: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
