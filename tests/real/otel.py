@@ -220,6 +220,9 @@ class Jaeger(Server):
                         },
                         "jaeger_query": {
                             "storage": {"traces": "memstore"},
+                            # on by default: Jaeger would trace its own queries to 127.0.0.1:4317, whoever
+                            # listens there, and block its shutdown retrying when nobody does
+                            "enable_tracing": False,
                             "http": {"endpoint": f"127.0.0.1:{self.query_port}"},
                             "grpc": {"endpoint": f"127.0.0.1:{self.query_grpc_port}"},
                         },
