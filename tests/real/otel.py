@@ -360,7 +360,8 @@ def validate(config: Path, env: Mapping[str, str] | None = None) -> subprocess.C
 
 
 def shipped_env(grpc_port: int, http_port: int, backend: str) -> dict[str, str]:
-    """The environment that points the shipped configuration's listen addresses and backend at test ports.
+    """The environment that points the shipped configuration's listen addresses (OTLP, its own metrics) and
+    backend at test ports.
 
     deploy/collector/collector.yaml reads them as `${env:VAR:-default}` (the Collector's own env provider): the
     defaults are the in-cluster ones (0.0.0.0:4317/4318, the backend's Service), the test sets 127.0.0.1."""
@@ -369,6 +370,8 @@ def shipped_env(grpc_port: int, http_port: int, backend: str) -> dict[str, str]:
         "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
         "OTELCOL_BACKEND_ENDPOINT": backend,
         "OTELCOL_BACKEND_INSECURE": "true",
+        "OTELCOL_METRICS_HOST": "127.0.0.1",
+        "OTELCOL_METRICS_PORT": str(free_port()),
     }
 
 
