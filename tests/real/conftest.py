@@ -13,6 +13,7 @@ from tests.real.cluster import Cluster, Webhook, cluster_bin_dir, install_tekton
 from tests.real.cluster import start as start_cluster
 from tests.real.cluster import stop as stop_cluster
 from tests.real.e2e import Rig
+from tests.real.otel import Collector, Jaeger, collector_config
 
 
 def _missing() -> str | None:
@@ -66,3 +67,33 @@ def cluster_webhook(cluster: Cluster) -> Webhook:
     webhook = start_webhook(cluster.workdir)
     register_webhook(cluster, webhook)
     return webhook
+
+
+# --- the real tracing backends (tests/real/otel.py): one Jaeger and one Collector per session ----------------------
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    """Jaeger v2 (hack/build-otel) with in-memory storage on 127.0.0.1; its query API is the tests' eyes."""
+    if shutil.which("go") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the real-backend tests cannot run in CI: needs Go (hack/build-otel)")
+        pytest.skip("needs Go to build the Collector and Jaeger (hack/build-otel)")
+    server = Jaeger(tmp_path_factory.mktemp("jaeger"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def collector(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Iterator[Collector]:
+    """The Collector (hack/build-otel) with the tests' configuration (otel.collector_config): OTLP gRPC + HTTP in,
+    to Jaeger and a file; its otlpjsonfile receiver reads `*.jsonl` under `spans_dir` into Jaeger."""
+    work = tmp_path_factory.mktemp("otelcol")
+    spans_dir = work / "step-tracer-files"
+    spans_dir.mkdir()
+    file_out = work / "collector-file-exporter.jsonl"
+    spool_glob = str(spans_dir / "*.jsonl")
+    config, grpc_port, http_port = collector_config(work, jaeger, spool_glob=spool_glob, file_out=file_out)
+    server = Collector(work, config, {}, grpc_port, http_port, spans_dir=spans_dir, file_out=file_out)
+    yield server
+    server.stop()

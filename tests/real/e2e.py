@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from step_tracer.webhook.mutate import WebhookOptions
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
@@ -194,7 +194,7 @@ class Rig:
         a thread while the pod runs (to delete it, kill a process in it, ...); `inject_args` are more options for
         `inject`.
         """
-        standalone_only = not span_context or labels or webhook or otlp_env or during or inject_args
+        standalone_only = not span_context or labels or webhook or otlp_env is not None or during or inject_args
         if in_pipeline is None:
             in_pipeline = not standalone_only and path in ("unpatched", "inject", "webhook")
         elif in_pipeline and standalone_only:
@@ -225,7 +225,7 @@ class Rig:
             self.images,
             scratch / "pod",
             default_image=self.default,
-            secrets={OTLP_SECRET: dict(otlp_env or self.otlp_env)},
+            secrets={OTLP_SECRET: dict(self.otlp_env if otlp_env is None else otlp_env)},
             grace_seconds=grace_seconds,
             claims=self._claims(claims, scratch),
         )
@@ -419,8 +419,19 @@ def expected_result(state: Mapping[str, Any]) -> str:
     return "success" if code == 0 else "failure"
 
 
+class StepSpan(Protocol):
+    """What `compare` reads of a span: our receiver's ReceivedSpan, or a span read back from Jaeger."""
+
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def parent_span_id(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+
+
 def compare(
-    task: str, base: Run, traced: Run, spans: Sequence[ReceivedSpan], tekton_spans: frozenset[str] = frozenset()
+    task: str, base: Run, traced: Run, spans: Sequence[StepSpan], tekton_spans: frozenset[str] = frozenset()
 ) -> list[StepReport]:
     """One report per step of `traced` against the unpatched `base`; `tekton_spans` are the ids of the spans
     Tekton itself emitted."""
