@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from typing import Any, Protocol
 from step_tracer.webhook.mutate import WebhookOptions
 from tests.otlp_receiver import HttpReceiver, ReceivedSpan
 from tests.real.images import make_images, tekton_bin_dir
+from tests.real.otel import Collector, Jaeger
+from tests.real.otel import Span as JaegerSpan
 from tests.real.podrunner import Image, PodRunner
 from tests.real.tekton import build_pod, taskrun_status
 
@@ -95,10 +98,12 @@ class StepReport:
     #: "tekton" when the step's parent is a span Tekton's reconcilers emitted, "annotation" when it is only the
     #: span context a TaskRun was given.
     parent_from: str | None = None
+    #: true when the step's span was read back from Jaeger with that parent (a rig with a backend)
+    in_backend: bool | None = None
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        d = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        d = {k: v for k, v in self.__dict__.items() if k != "problems" and (k != "in_backend" or v is not None)}
         if self.problems:
             d["problems"] = self.problems
         return json.dumps(d)
@@ -126,6 +131,14 @@ def snapshot(directory: Path) -> dict[str, str]:
     return out
 
 
+@dataclass
+class Backend:
+    """A real Collector that sidecars and Tekton export to, and the Jaeger it exports to."""
+
+    collector: Collector
+    jaeger: Jaeger
+
+
 class Rig:
     """The local images, a real OTLP receiver the sidecars export to, and a scratch directory."""
 
@@ -136,6 +149,7 @@ class Rig:
         self.images = dict(images)
         self.default = default
         self.receiver = HttpReceiver().start()
+        self.backend: Backend | None = None
         self._count = 0
         self._lock = threading.Lock()
 
@@ -150,10 +164,14 @@ class Rig:
 
     @property
     def otlp_env(self) -> dict[str, str]:
-        return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.receiver.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        }
+        """The sidecar's OTLP settings (the `step-tracer-otlp` Secret): the rig's receiver, or the backend's
+        Collector once `use_backend` was called."""
+        endpoint = self.backend.collector.http_endpoint if self.backend else f"http://127.0.0.1:{self.receiver.port}"
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+
+    def use_backend(self, collector: Collector, jaeger: Jaeger) -> None:
+        """From now on the sidecars and Tekton export to a real Collector, and spans are read back from Jaeger."""
+        self.backend = Backend(collector, jaeger)
 
     def _scratch(self, name: str) -> tuple[int, Path]:
         with self._lock:  # pods may run in threads
@@ -282,8 +300,8 @@ class Rig:
 
     @property
     def tekton_tracing_endpoint(self) -> str:
-        """Where Tekton's own spans go (config-tracing's endpoint): the same receiver as the steps'."""
-        return f"http://127.0.0.1:{self.receiver.port}/v1/traces"
+        """Where Tekton's own spans go (config-tracing's endpoint): where the steps' go."""
+        return self.otlp_env["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces"
 
     @staticmethod
     def _claims(seeds: Mapping[str, Path] | None, scratch: Path) -> dict[str, Path]:
@@ -295,12 +313,29 @@ class Rig:
         return claims
 
     def spans_of(self, run: Run) -> list[ReceivedSpan]:
+        """The step spans of `run`'s pod the rig's receiver got."""
         pod_name = run.pod["metadata"]["name"]
         return [s for s in self.receiver.spans if s.resource.get("k8s.pod.name") == pod_name]
 
     def tekton_spans(self) -> frozenset[str]:
-        """Ids of the spans Tekton's reconcilers emitted."""
+        """Ids of the spans Tekton's reconcilers emitted that the rig's receiver got."""
         return frozenset(s.span_id for s in self.receiver.spans if s.resource.get("service.name") in TEKTON_SERVICES)
+
+    def read_back(self, run: Run) -> tuple[list[JaegerSpan], frozenset[str]]:
+        """(the step spans of `run`'s pod, the ids of Tekton's spans) as the backend's Jaeger holds `run`'s trace,
+        once it holds a span for every executed step (the Collector batches, Jaeger stores asynchronously)."""
+        assert self.backend is not None, "use_backend first"
+        trace_id = run.traceparent.split("-")[1] if run.traceparent else ""
+        executed = sum(1 for s in run.steps() if s.get("terminationReason") != "Skipped")
+        pod = run.pod["metadata"]["name"]
+        deadline = time.monotonic() + 30
+        while True:
+            spans = self.backend.jaeger.trace(trace_id) if trace_id else []
+            mine = [x for x in spans if x.resource.get("k8s.pod.name") == pod]
+            if len(mine) >= executed or time.monotonic() > deadline:
+                tekton = frozenset(x.span_id for x in spans if x.resource.get("service.name") in TEKTON_SERVICES)
+                return mine, tekton
+            time.sleep(0.2)
 
 
 def one_task_pipeline(task: str, params: Mapping[str, str], workspaces: Mapping[str, str]) -> dict[str, Any]:
@@ -477,7 +512,7 @@ def compare(
         reports.append(
             StepReport(
                 task, name, traced.path, code, b_code, reason, b_reason, len(mine), parent_ok,
-                str(result) if result is not None else None, parent_from, problems,
+                str(result) if result is not None else None, parent_from, problems=problems,
             )
         )  # fmt: skip
     if base_results != traced_results and reports:
@@ -511,7 +546,14 @@ def run_task(rig: Rig, files: Sequence[Path], task: str, paths: Sequence[str], *
     reports: list[StepReport] = []
     for path in paths:
         traced = rig.run(files, task, path, **kw)
-        reports += compare(task, base, traced, rig.spans_of(traced), rig.tekton_spans())
+        if rig.backend is None:
+            reports += compare(task, base, traced, rig.spans_of(traced), rig.tekton_spans())
+            continue
+        spans, tekton = rig.read_back(traced)
+        found = compare(task, base, traced, spans, tekton)
+        for r in found:
+            r.in_backend = r.parent_ok and r.spans == 1
+        reports += found
     return reports
 
 

@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,23 @@ def test_the_shipped_manifests_point_at_the_collector_they_deploy() -> None:
     assert container["args"] == [f"--config={container['volumeMounts'][0]['mountPath']}/collector.yaml"]
     pinned = re.search(r"go\.opentelemetry\.io/collector/otelcol v(\S+)", (REPO / "hack/otelcol/go.mod").read_text())
     assert pinned is not None and container["image"].endswith(":" + pinned[1])
+
+
+def test_show_from_a_real_jaeger_is_what_the_stand_in_shows(collector: Collector, jaeger: Jaeger) -> None:
+    """`step-tracer show --from-jaeger` on a trace sent through the Collector to Jaeger: the same text as from
+    tests/show's stand-in, so the stand-in answers as Jaeger does."""
+    from tests.show.test_show_jaeger import GOLDEN, TRACES_DATA, run
+
+    request = urllib.request.Request(
+        collector.http_endpoint + "/v1/traces",
+        data=json.dumps(TRACES_DATA).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+    deadline = time.monotonic() + 30
+    while True:  # the Collector batches and Jaeger stores asynchronously: ask until all four spans are there
+        code, out, _ = run(jaeger.url)
+        if (code == 0 and "4 spans" in out) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (code, out) == (0, GOLDEN)

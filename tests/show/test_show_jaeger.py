@@ -7,9 +7,8 @@ trace, "No traces found" when storage returns none), snapshots/GetTrace.json (th
 numeric `kind` and `status.code`, zero fields left out) and internal/jptrace/traces.go (the result is rendered by
 the Collector's ptrace.JSONMarshaler: int64s as strings). The api_v3 OpenAPI description says the same.
 
-REAL-JAEGER HOOK: `real_jaeger` below skips until hack/jaeger (a real Jaeger v2, being built alongside) lands.
-Make it start that Jaeger and yield (query URL, OTLP/HTTP traces URL); `test_a_real_jaeger_shows_the_same` then
-sends this same trace to it and expects the same text as from the stand-in.
+The stand-in answers as a real Jaeger does: tests/real/test_real_backends.py sends this same trace through the
+real Collector to a real Jaeger v2 and expects the same text from it.
 """
 
 from __future__ import annotations
@@ -290,32 +289,3 @@ def test_the_command(fake_jaeger: FakeJaeger) -> None:
     assert (shown.returncode, shown.stdout, shown.stderr) == (0, GOLDEN, "")
     assert without_id.returncode == 2 and without_id.stderr.startswith("step-tracer: --from-jaeger needs --trace ID")
     assert with_file.returncode == 2 and "not FILE or --last" in with_file.stderr
-
-
-# --- REAL-JAEGER HOOK ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def real_jaeger() -> Iterator[tuple[str, str]]:
-    """(query URL, OTLP/HTTP traces URL) of a real Jaeger v2 on 127.0.0.1. Wire hack/jaeger in here when it lands."""
-    pytest.skip("no real Jaeger yet: hack/jaeger (issue 12) is being built; this test runs once the fixture starts it")
-    yield ("", "")  # pragma: no cover
-
-
-def test_a_real_jaeger_shows_the_same(real_jaeger: tuple[str, str]) -> None:
-    """Send the stand-in's trace to a real Jaeger over OTLP/HTTP JSON and read it back: the same text, or the
-    stand-in's answer is not Jaeger's."""
-    import time
-    import urllib.request
-
-    query_url, otlp_url = real_jaeger
-    request = urllib.request.Request(
-        otlp_url, data=json.dumps(TRACES_DATA).encode(), headers={"Content-Type": "application/json"}
-    )
-    urllib.request.urlopen(request, timeout=10).close()
-    for _ in range(100):  # Jaeger stores asynchronously: ask until it has all four spans (bounded)
-        code, out, _ = run(query_url)
-        if code == 0 and "4 spans" in out:
-            break
-        time.sleep(0.1)
-    assert (code, out) == (0, GOLDEN)
