@@ -27,7 +27,6 @@ import (
 
 	"github.com/step-tracer/step-tracer/hack/tekton/internal/rig"
 	"github.com/tektoncd/pipeline/pkg/apis/config"
-	"github.com/tektoncd/pipeline/pkg/apis/pipeline"
 	v1 "github.com/tektoncd/pipeline/pkg/apis/pipeline/v1"
 	_ "github.com/tektoncd/pipeline/pkg/pipelinerunmetrics/fake" // the reconcilers' metrics recorders, faked as
 	"github.com/tektoncd/pipeline/pkg/reconciler/pipelinerun"
@@ -37,11 +36,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/clock"
 	"knative.dev/pkg/apis"
-	cminformer "knative.dev/pkg/configmap/informer"
 	"knative.dev/pkg/controller"
-	pkgreconciler "knative.dev/pkg/reconciler"
 	"knative.dev/pkg/system"
 )
 
@@ -123,22 +119,11 @@ func run(o options, files []string) error {
 	if err != nil {
 		return err
 	}
-	cmw := cminformer.NewInformedWatcher(clients.Kube, system.Namespace())
-	opts := &pipeline.Options{Images: rig.Images}
-	c := controllers{
-		clients:      clients,
-		pipelineRuns: pipelinerun.NewController(opts, clock.RealClock{})(ctx, cmw),
-		runs:         taskrun.NewController(opts, clock.RealClock{})(ctx, cmw),
-		namespace:    pr.Namespace,
+	impls, err := rig.Start(ctx, clients, pipelinerun.NewController, taskrun.NewController)
+	if err != nil {
+		return err
 	}
-	if err := cmw.Start(ctx.Done()); err != nil {
-		return fmt.Errorf("starting the ConfigMap watcher: %w", err)
-	}
-	for _, impl := range []*controller.Impl{c.pipelineRuns, c.runs} {
-		if la, ok := impl.Reconciler.(pkgreconciler.LeaderAware); ok {
-			_ = la.Promote(pkgreconciler.UniversalBucket(), func(pkgreconciler.Bucket, types.NamespacedName) {})
-		}
-	}
+	c := controllers{clients: clients, pipelineRuns: impls[0], runs: impls[1], namespace: pr.Namespace}
 
 	out := json.NewEncoder(os.Stdout)
 	in := bufio.NewScanner(os.Stdin)

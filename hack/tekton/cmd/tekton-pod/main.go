@@ -29,7 +29,6 @@ import (
 
 	"github.com/step-tracer/step-tracer/hack/tekton/internal/rig"
 	"github.com/tektoncd/pipeline/pkg/apis/config"
-	"github.com/tektoncd/pipeline/pkg/apis/pipeline"
 	v1 "github.com/tektoncd/pipeline/pkg/apis/pipeline/v1"
 	"github.com/tektoncd/pipeline/pkg/reconciler/taskrun"
 	_ "github.com/tektoncd/pipeline/pkg/taskrunmetrics/fake" // the reconciler's metrics recorder, faked as in Tekton's tests
@@ -37,9 +36,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/clock"
-	cminformer "knative.dev/pkg/configmap/informer"
-	pkgreconciler "knative.dev/pkg/reconciler"
 	"knative.dev/pkg/system"
 )
 
@@ -140,14 +136,11 @@ func run(o options, files []string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmw := cminformer.NewInformedWatcher(clients.Kube, system.Namespace())
-	impl := taskrun.NewController(&pipeline.Options{Images: rig.Images}, clock.RealClock{})(ctx, cmw)
-	if err := cmw.Start(ctx.Done()); err != nil {
-		return nil, fmt.Errorf("starting the ConfigMap watcher: %w", err)
+	impls, err := rig.Start(ctx, clients, taskrun.NewController)
+	if err != nil {
+		return nil, err
 	}
-	if la, ok := impl.Reconciler.(pkgreconciler.LeaderAware); ok {
-		_ = la.Promote(pkgreconciler.UniversalBucket(), func(pkgreconciler.Bucket, types.NamespacedName) {})
-	}
+	impl := impls[0]
 	key := tr.Namespace + "/" + tr.Name
 	recErr := impl.Reconciler.Reconcile(ctx, key)
 	if o.podFile != "" {

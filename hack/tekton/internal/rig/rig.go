@@ -27,11 +27,16 @@ import (
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 	filteredinformerfactory "knative.dev/pkg/client/injection/kube/informers/factory/filtered"
 	_ "knative.dev/pkg/client/injection/kube/informers/factory/filtered/fake" // the filtered pod informer, faked
+	"knative.dev/pkg/configmap"
+	cminformer "knative.dev/pkg/configmap/informer"
 	"knative.dev/pkg/controller"
 	"knative.dev/pkg/injection"
 	"knative.dev/pkg/logging"
+	pkgreconciler "knative.dev/pkg/reconciler"
+	"knative.dev/pkg/system"
 	"sigs.k8s.io/yaml"
 )
 
@@ -134,6 +139,28 @@ func assignUID(action k8stesting.Action) (bool, runtime.Object, error) {
 		}
 	}
 	return false, nil, nil
+}
+
+// NewController is the shape of Tekton's reconcilers' controller constructors (taskrun.NewController, ...).
+type NewController func(*pipeline.Options, clock.PassiveClock) func(context.Context, configmap.Watcher) *controller.Impl
+
+// Start makes Tekton's controllers on the fake clients, as Tekton's controller binary does (one ConfigMap watcher
+// for their configuration, started after them), and makes each the leader, so that Reconcile acts.
+func Start(ctx context.Context, clients test.Clients, constructors ...NewController) ([]*controller.Impl, error) {
+	cmw := cminformer.NewInformedWatcher(clients.Kube, system.Namespace())
+	impls := make([]*controller.Impl, 0, len(constructors))
+	for _, newController := range constructors {
+		impls = append(impls, newController(&pipeline.Options{Images: Images}, clock.RealClock{})(ctx, cmw))
+	}
+	if err := cmw.Start(ctx.Done()); err != nil {
+		return nil, fmt.Errorf("starting the ConfigMap watcher: %w", err)
+	}
+	for _, impl := range impls {
+		if la, ok := impl.Reconciler.(pkgreconciler.LeaderAware); ok {
+			_ = la.Promote(pkgreconciler.UniversalBucket(), func(pkgreconciler.Bucket, types.NamespacedName) {})
+		}
+	}
+	return impls, nil
 }
 
 // ReadObjects adds the Tasks, Pipelines, StepActions, TaskRuns and PipelineRuns of a YAML or JSON stream to d
