@@ -28,22 +28,17 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.real.gobuild import built
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_WEBHOOK = REPO / "deploy" / "webhook" / "base"
 WEBHOOK_NAMESPACE = "step-tracer-system"
 PIDS = "pids"
 READY_TIMEOUT = 180.0  # a cold kube-apiserver on 2 busy cores installs its bootstrap objects in 10 to 60 s
 
-_built: list[Path] = []
-
 
 def cluster_bin_dir() -> Path:
-    """hack/build-cluster's output, brought up to date once per process (Go's build cache makes that quick)."""
-    if not _built:
-        out = REPO / ".cache" / "cluster" / "bin"
-        subprocess.run(["bash", str(REPO / "hack" / "build-cluster"), str(out)], check=True)
-        _built.append(out)
-    return _built[0]
+    return built("cluster")
 
 
 def tekton_crd_files() -> list[Path]:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.real.gobuild import built
 from tests.real.podrunner import DEFAULT_PATH, Image
 from tests.rootfs import make_rootfs, package_files
 
@@ -28,16 +29,8 @@ NOSHELL_APPLETS = ("echo", "cat", "true", "false", "ls", "printf", "sleep", "env
 SIDECAR_IMAGE = "quay.io/step-tracer/step-tracer"
 
 
-_built: list[Path] = []
-
-
 def tekton_bin_dir() -> Path:
-    """hack/build-tekton's output, brought up to date once per process (Go's build cache makes that quick)."""
-    if not _built:
-        out = REPO / ".cache" / "tekton" / "bin"
-        subprocess.run(["bash", str(REPO / "hack" / "build-tekton"), str(out)], check=True)
-        _built.append(out)
-    return _built[0]
+    return built("tekton")
 
 
 def tekton_image(binary: str, root: Path) -> Image:

@@ -24,21 +24,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.real.gobuild import built
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "collector"
 #: The shipped Collector configuration (deploy/collector): its listen addresses and backend come from the
 #: environment variables below, with in-cluster defaults, so the tests run the file unchanged.
 SHIPPED_CONFIG = DEPLOY / "collector.yaml"
-_built: list[Path] = []
 
 
 def otel_bin_dir() -> Path:
-    """hack/build-otel's output, brought up to date once per process (quick once .ci/run has built it)."""
-    if not _built:
-        out = REPO / ".cache" / "otel" / "bin"
-        subprocess.run(["bash", str(REPO / "hack" / "build-otel"), str(out)], check=True)
-        _built.append(out)
-    return _built[0]
+    return built("otel")
 
 
 def free_port() -> int:
