@@ -6,6 +6,9 @@ sidecars), orderContainers (entrypoint.go: the entrypoint's flags), convertScrip
 init container, `/tekton/scripts/script-<i>-<rand>`, Tekton's `#!/bin/sh\\nset -e` preamble), resolveEntrypoints
 (entrypoint_lookup.go: image by digest, TEKTON_PLATFORM_COMMANDS) and workingDirInit. Steps are given as the
 controller hands them to Build: stepTemplate merged, StepActions resolved, parameters substituted.
+
+Kept because it is fast (the webhook's unit tests and benchmark build thousands of pods); tests/real/
+test_imitations.py checks its pods against the ones Tekton's own reconciler builds (hack/tekton's tekton-pod).
 """
 
 from __future__ import annotations
