@@ -60,13 +60,13 @@ def free_port() -> int:
         return port
 
 
-def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+def write_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
     path.write_bytes(data)
     path.chmod(mode)
     return path
 
 
-def _start(argv: Sequence[str], log: Path, pids: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[str], log: Path, pids: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A process in its own session (it outlives hack/kube-up), its output in `log`, its pid in `pids`."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -129,6 +129,14 @@ class Cluster:
     cert_file: Path
     key_file: Path
 
+    @classmethod
+    def load(cls, workdir: Path) -> Cluster:
+        """The cluster `start(workdir, ...)` left running (hack/kube-up), from its kubeconfig and certificates."""
+        config = yaml.safe_load((workdir / "kubeconfig").read_text())
+        pki = workdir / "pki"
+        url = config["clusters"][0]["cluster"]["server"]
+        return cls(workdir, url, workdir / "kubeconfig", pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+
     def api_client(self) -> Any:
         from kubernetes import config
 
@@ -138,6 +146,22 @@ class Cluster:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.load_cert_chain(str(self.cert_file), str(self.key_file))
         return context
+
+    def user_kubeconfig(self, user: str, group: str | None = None) -> Path:
+        """A kubeconfig for USER (in GROUP) with a client certificate from the cluster's CA, as kubelets and
+        kube-scheduler authenticate: the Node authorizer knows a node as `system:node:NAME` in `system:nodes`."""
+        pki = self.workdir / "pki"
+        ca = trustme.CA.from_pem(self.ca_file.read_bytes(), (pki / "ca.key").read_bytes())
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "-", user)
+        leaf = ca.issue_cert(stem, common_name=user, organization_name=group)  # the name that counts is the CN
+        cert = write_file(pki / f"{stem}.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        key = write_file(pki / f"{stem}.key", leaf.private_key_pem.bytes())
+        return write_file(self.workdir / f"kubeconfig-{stem}", _kubeconfig(self.url, self.ca_file, cert, key).encode())
+
+    def client_for(self, kubeconfig: Path) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET a path as the admin over plain http.client (readiness, before any client library is set up)."""
@@ -157,28 +181,29 @@ def start(workdir: Path, bin_dir: Path) -> Cluster:
     pids, pki = workdir / PIDS, workdir / "pki"
     pki.mkdir(exist_ok=True)
     ca = trustme.CA(organization_name="step-tracer test cluster")
-    ca_file = _write(pki / "ca.crt", ca.cert_pem.bytes(), 0o644)
+    ca_file = write_file(pki / "ca.crt", ca.cert_pem.bytes(), 0o644)
+    write_file(pki / "ca.key", ca.private_key_pem.bytes())  # for user_kubeconfig: nodes and the scheduler
     serving = ca.issue_cert("127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc")
     serving.private_key_and_cert_chain_pem.write_to_path(str(pki / "apiserver.pem"))
     # The admin: a client certificate in system:masters (the API server's own bootstrap group), as kubeadm's.
     admin = ca.issue_cert("kubernetes-admin", common_name="kubernetes-admin", organization_name="system:masters")
-    cert_file = _write(pki / "admin.crt", b"".join(b.bytes() for b in admin.cert_chain_pems))
-    key_file = _write(pki / "admin.key", admin.private_key_pem.bytes())
+    cert_file = write_file(pki / "admin.crt", b"".join(b.bytes() for b in admin.cert_chain_pems))
+    key_file = write_file(pki / "admin.key", admin.private_key_pem.bytes())
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write(
+    write_file(
         pki / "sa.key",
         sa_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    _write(
+    write_file(
         pki / "sa.pub",
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
     )
 
     client_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    _start(
+    spawn(
         [
             str(bin_dir / "etcd"),
             "--name=default",
@@ -195,7 +220,7 @@ def start(workdir: Path, bin_dir: Path) -> Cluster:
         workdir / "etcd.log",
         pids,
     )
-    _start(
+    spawn(
         [
             str(bin_dir / "kube-apiserver"),
             "--bind-address=127.0.0.1",
@@ -220,7 +245,7 @@ def start(workdir: Path, bin_dir: Path) -> Cluster:
         pids,
     )
     url = f"https://127.0.0.1:{api_port}"
-    kubeconfig = _write(workdir / "kubeconfig", _kubeconfig(url, ca_file, cert_file, key_file).encode())
+    kubeconfig = write_file(workdir / "kubeconfig", _kubeconfig(url, ca_file, cert_file, key_file).encode())
     cluster = Cluster(workdir, url, kubeconfig, ca_file, cert_file, key_file)
     _wait_ready(cluster, workdir)
     return cluster
@@ -259,11 +284,11 @@ def _wait_ready(cluster: Cluster, workdir: Path) -> None:
         except (OSError, http.client.HTTPException) as err:
             last = f"{type(err).__name__}: {err}"
         time.sleep(0.5)
-    logs = "".join(f"\n--- {name}\n{_tail(workdir / name)}" for name in ("etcd.log", "kube-apiserver.log"))
+    logs = "".join(f"\n--- {name}\n{tail(workdir / name)}" for name in ("etcd.log", "kube-apiserver.log"))
     raise RuntimeError(f"kube-apiserver not ready within {READY_TIMEOUT:g}s ({last}){logs}")
 
 
-def _tail(path: Path, size: int = 3000) -> str:
+def tail(path: Path, size: int = 3000) -> str:
     try:
         return path.read_bytes()[-size:].decode(errors="replace")
     except OSError:
@@ -378,8 +403,8 @@ def issue_webhook_certificate(workdir: Path) -> tuple[bytes, Path, Path]:
     )
     pki = workdir / "webhook-pki"
     pki.mkdir(parents=True, exist_ok=True)
-    cert = _write(pki / "tls.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems), 0o644)
-    key = _write(pki / "tls.key", leaf.private_key_pem.bytes())
+    cert = write_file(pki / "tls.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems), 0o644)
+    key = write_file(pki / "tls.key", leaf.private_key_pem.bytes())
     return ca.cert_pem.bytes(), cert, key
 
 
@@ -406,7 +431,7 @@ def start_webhook(
     env = None
     if wrap is not None:
         argv, env = wrap(argv)
-    proc = _start(argv, log, workdir / PIDS, env)
+    proc = spawn(argv, log, workdir / PIDS, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.search(rb"listening on https://127\.0\.0\.1:(\d+)", log.read_bytes())
@@ -415,7 +440,7 @@ def start_webhook(
         if proc.poll() is not None:
             break
         time.sleep(0.1)
-    raise RuntimeError(f"step-tracer webhook did not start: {_tail(log)}")
+    raise RuntimeError(f"step-tracer webhook did not start: {tail(log)}")
 
 
 def webhook_objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
@@ -483,9 +508,9 @@ def as_in_a_pod(
     so nothing on the host changes and no root is needed) and KUBERNETES_SERVICE_HOST/PORT."""
     secrets = tmp / "serviceaccount"
     secrets.mkdir(exist_ok=True)
-    _write(secrets / "token", bearer.encode())
-    _write(secrets / "namespace", ns.encode(), 0o644)
-    _write(secrets / "ca.crt", cluster.ca_file.read_bytes(), 0o644)
+    write_file(secrets / "token", bearer.encode())
+    write_file(secrets / "namespace", ns.encode(), 0o644)
+    write_file(secrets / "ca.crt", cluster.ca_file.read_bytes(), 0o644)
     run = os.path.realpath("/var/run")  # /run on Debian: mount over the real directory
     sa_dir = SERVICE_ACCOUNT_DIR.replace("/var/run", run, 1)
     script = f'mount -t tmpfs tmpfs {run} && mkdir -p {sa_dir} && cp "$1"/* {sa_dir}/ && shift && exec "$@"'
@@ -506,12 +531,14 @@ def require_unshare() -> None:
         pytest.skip("needs unshare --map-root-user --mount (user namespaces)")
 
 
-def service_account_token(cluster: Cluster, ns: str, service_account: str) -> str:
+def service_account_token(cluster: Cluster, ns: str, service_account: str, expiration: int = 600) -> str:
     """A token of `ns/service_account` from the TokenRequest API, as the kubelet mounts one in a pod."""
     from kubernetes import client
 
     core = client.CoreV1Api(cluster.api_client())
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration)
+    )
     answer = core.create_namespaced_service_account_token(service_account, ns, request)
     assert answer.status is not None
     return str(answer.status.token)
@@ -525,13 +552,21 @@ def summary(cluster: Cluster, webhook: Webhook | None) -> str:
 
 
 def namespace(api_client: Any, name: str, labels: Mapping[str, str] | None = None) -> str:
-    """A namespace and its `default` ServiceAccount (no controller-manager runs here to make it, and the
-    ServiceAccount admission plugin refuses pods whose service account does not exist)."""
+    """A namespace with what kube-controller-manager would add (none runs here): its `default` ServiceAccount
+    (the ServiceAccount admission plugin refuses pods whose service account does not exist) and the
+    `kube-root-ca.crt` ConfigMap (every pod's projected service account volume reads it)."""
+    ca = api_client.configuration.ssl_ca_cert
     apply(
         api_client,
         [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}},
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name}},
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "kube-root-ca.crt", "namespace": name},
+                "data": {"ca.crt": Path(ca).read_text() if ca else ""},
+            },
         ],
     )
     return name
