@@ -16,10 +16,13 @@ What it does as a kubelet does, because Tekton's entrypoint and step-tracer depe
   file bound at `terminationMessagePath` (4096 bytes at most; `FallbackToLogsOnError` uses the log's tail);
 - at the end of a pod, and on `delete()`: SIGTERM to each running container's PID 1, SIGKILL after
   `terminationGracePeriodSeconds`.
-What the controller does meanwhile, it does as Tekton's controller does: once every non-step container is ready
-(`SidecarsReady`), the pod's `tekton.dev/ready` annotation is set (the first step waits on its Downward API file);
-once every step has ended, sidecars are stopped (Tekton's StopSidecars swaps their image for nop, which makes the
-kubelet kill them with the grace period).
+What the controller does meanwhile, the runner does as Tekton's controller does (`tekton_moves`, the default):
+once every non-step container is ready (`SidecarsReady`), the pod's `tekton.dev/ready` annotation is set (the
+first step waits on its Downward API file); once every step has ended, sidecars are stopped (Tekton's
+StopSidecars swaps their image for nop, which makes the kubelet kill them with the grace period). With
+`tekton_moves=False` Tekton's real controller makes those moves through the API server, and the node
+(`node.py`) hands the changed pod to `update()`: new labels and annotations rewrite the Downward API volumes, a
+changed image restarts that container from the new image, as the kubelet does.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,8 +305,17 @@ class PodRunner:
         grace_seconds: float | None = None,
         nop_image: str = "tekton/nop",
         claims: Mapping[str, Path] | None = None,
+        tekton_moves: bool = True,
+        service_env: Mapping[str, str] | None = None,
+        tokens: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> None:
         self.nop_image = nop_image
+        self.tekton_moves = tekton_moves
+        #: KUBERNETES_SERVICE_HOST/PORT..., which the kubelet gives every container.
+        self.service_env = dict(service_env or {})
+        #: a projected serviceAccountToken source -> a token (the kubelet's TokenRequest); None: no API server.
+        self.tokens = tokens
+        self._updates: queue.Queue[dict[str, Any]] = queue.Queue()
         self.claims = claims or {}
         self.pod: dict[str, Any] = json.loads(json.dumps(pod))
         self.pod.setdefault("spec", {})["nodeName"] = node_name
@@ -372,6 +385,7 @@ class PodRunner:
         env = dict(image.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env["HOSTNAME"] = self.pod["metadata"]["name"][:63]
+        env.update(self.service_env)
         env.update(declared)
         env.setdefault("HOME", "/root" if self.user_of(c, image)[0] == 0 else "/")
         return env, declared
@@ -472,8 +486,8 @@ class PodRunner:
                     pairs = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
                     for k, p in pairs:
                         files[p] = data[k].encode()
-            if "serviceAccountToken" in s:
-                continue  # no API server here
+            if "serviceAccountToken" in s and self.tokens is not None:
+                files[s["serviceAccountToken"]["path"]] = self.tokens(s["serviceAccountToken"]).encode()
         return files
 
     def _refresh_downward(self) -> None:
@@ -487,6 +501,39 @@ class PodRunner:
     def delete(self) -> None:
         """Delete the pod (a TaskRun cancelled or timed out): every running container gets SIGTERM, then SIGKILL."""
         self._deleted.set()
+
+    @property
+    def deleted(self) -> bool:
+        return self._deleted.is_set()
+
+    def update(self, pod: Mapping[str, Any]) -> None:
+        """The pod as the API server now holds it (another thread's watch): applied by the run loop."""
+        self._updates.put(json.loads(json.dumps(pod)))
+
+    def _apply_updates(self, deadline: float) -> None:
+        """The kubelet's part of a pod update: metadata into the Downward API volumes; a container whose image
+        changed is killed (with the grace period) and started again from the new image."""
+        while True:
+            try:
+                pod = self._updates.get_nowait()
+            except queue.Empty:
+                return
+            meta = self.pod["metadata"]
+            new = pod.get("metadata") or {}
+            if (new.get("annotations") or {}) != meta["annotations"] or (new.get("labels") or {}) != meta["labels"]:
+                meta["annotations"] = dict(new.get("annotations") or {})
+                meta["labels"] = dict(new.get("labels") or {})
+                self._refresh_downward()
+            specs = {c["name"]: c for c in (pod.get("spec") or {}).get("containers") or []}
+            changed = [
+                c for c in self.containers if c.name in specs and specs[c.name].get("image") != c.spec.get("image")
+            ]
+            self._stop([c for c in changed if c.status.exit_code is None], deadline)
+            for c in changed:
+                again = _Container(self, specs[c.name], init=False, attempt=c.status.restart_count + 1)
+                again.last_state = c.status
+                self.containers[self.containers.index(c)] = again
+                again.start()
 
     @property
     def steps(self) -> list[_Container]:
@@ -538,11 +585,12 @@ class PodRunner:
                 c.maybe_probe()
             if self._deleted.is_set():
                 return
-            if not ready_set and self._sidecars_ready():
+            self._apply_updates(deadline)
+            if self.tekton_moves and not ready_set and self._sidecars_ready():
                 self.pod["metadata"]["annotations"][READY_ANNOTATION] = READY_VALUE
                 self._refresh_downward()
                 ready_set = True
-            if all(c.status.exit_code is not None for c in self.steps) and not sidecars_stopped:
+            if self.tekton_moves and all(c.status.exit_code is not None for c in self.steps) and not sidecars_stopped:
                 sidecars_stopped = True
                 self._stop_sidecars(deadline)
             if all(c.status.exit_code is not None for c in self.containers):
@@ -608,6 +656,8 @@ class PodRunner:
         pod: dict[str, Any] = json.loads(json.dumps(self.pod))
         pod["status"] = {
             "phase": self.phase,
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
             "startTime": _rfc3339(self.started_at),
             "initContainerStatuses": [c.status.as_k8s() for c in self.init_containers],
             "containerStatuses": [c.status.as_k8s() for c in self.containers],
