@@ -12,7 +12,10 @@ import pytest
 from tests.real.cluster import Cluster, Webhook, cluster_bin_dir, install_tekton_crds, register_webhook, start_webhook
 from tests.real.cluster import start as start_cluster
 from tests.real.cluster import stop as stop_cluster
+from tests.real.controller import Controller
+from tests.real.controller import start as start_controller
 from tests.real.e2e import Rig
+from tests.real.node import Node
 from tests.real.otel import Collector, Jaeger, collector_config
 
 
@@ -97,3 +100,19 @@ def collector(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Itera
     server = Collector(work, config, {}, grpc_port, http_port, spans_dir=spans_dir, file_out=file_out)
     yield server
     server.stop()
+
+
+# --- Tekton's controller on the control plane, and a node that runs its pods ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tekton_controller(cluster: Cluster, collector: Collector) -> Controller:
+    """Tekton's real controller (cmd/controller) on the cluster, tracing to the Collector; stopped with it."""
+    return start_controller(cluster, collector.http_endpoint + "/v1/traces")
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster, rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A node of the cluster (node.py): binds the cluster's pods to itself and runs them with the rig's images."""
+    with Node(cluster, rig.images, tmp_path_factory.mktemp("node"), default_image=rig.default, grace_seconds=5) as n:
+        yield n
