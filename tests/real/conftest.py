@@ -113,6 +113,8 @@ def tekton_controller(cluster: Cluster, collector: Collector) -> Controller:
 
 @pytest.fixture(scope="session")
 def node(cluster: Cluster, rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node of the cluster (node.py): binds the cluster's pods to itself and runs them with the rig's images."""
-    with Node(cluster, rig.images, tmp_path_factory.mktemp("node"), default_image=rig.default, grace_seconds=5) as n:
+    """A node of the cluster (node.py) that runs the pods of the namespaces a test adds to `namespaces` with the
+    rig's images; other tests' pods on the shared cluster are stored, never run."""
+    workdir = tmp_path_factory.mktemp("node")
+    with Node(cluster, rig.images, workdir, default_image=rig.default, grace_seconds=5, namespaces=set()) as n:
         yield n

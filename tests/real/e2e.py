@@ -454,6 +454,18 @@ def expected_result(state: Mapping[str, Any]) -> str:
     return "success" if code == 0 else "failure"
 
 
+def exit_code_agrees(span_code: object, state: Mapping[str, Any]) -> bool:
+    """Whether a step span's `process.exit.code` says what Tekton's step state says. Tekton reads a signalled
+    command as -1, the span says 128+N; a step Tekton killed for its timeout has no exit code of its own (the
+    code is the entrypoint's)."""
+    if state.get("terminationReason") == "TimeoutExceeded":
+        return True
+    code = (state.get("terminated") or {}).get("exitCode")
+    if code == -1:
+        return isinstance(span_code, int) and span_code > 128
+    return bool(span_code == code)
+
+
 class StepSpan(Protocol):
     """What `compare` reads of a span: our receiver's ReceivedSpan, or a span read back from Jaeger."""
 
@@ -500,11 +512,8 @@ def compare(
         result = mine[0].attributes.get(RESULT_ATTR) if len(mine) == 1 else None
         if executed and len(mine) == 1 and result != expected_result(state):
             problems.append(f"span result {result!r}, Tekton's state says {expected_result(state)}")
-        # Tekton reads a signalled command as -1; the span says 128+N. A step Tekton killed for its timeout has
-        # no exit code of its own (the code is the entrypoint's).
         span_code = mine[0].attributes.get("process.exit.code") if len(mine) == 1 else None
-        expected_code = code if code != -1 else span_code
-        if span_code != expected_code and executed and reason != "TimeoutExceeded" and len(mine) == 1:
+        if executed and len(mine) == 1 and not exit_code_agrees(span_code, state):
             problems.append(f"span exit code {span_code!r}, Tekton's {code}")
         parent_from = None
         if parent_ok:

@@ -3,8 +3,8 @@
 - It registers its Node (Ready, with capacity) as a kubelet does, with a client certificate of
   `system:node:NAME` in `system:nodes`: the Node authorizer decides what it may read (only the Secrets and
   ConfigMaps its own pods reference) and write (its pods' status).
-- The scheduler's part binds each unscheduled pod to the node through `pods/binding`, as kube-scheduler's
-  DefaultBinder does, as `system:kube-scheduler` (RBAC's bootstrap role for it).
+- The scheduler's part binds each unscheduled pod (of the namespaces it is given) to the node through
+  `pods/binding`, as kube-scheduler's DefaultBinder does, as `system:kube-scheduler` (RBAC's bootstrap role).
 - The kubelet's part watches the pods bound to the node (`spec.nodeName=NAME`) and runs each with PodRunner
   (podrunner.py). Tekton's controller makes its own moves through the API server (the ready annotation, the
   sidecars' image swap); the watch hands each changed pod to the runner. The pod's status is patched whenever it
@@ -74,6 +74,7 @@ class Node:
         claims: Mapping[str, Path] | None = None,
         grace_seconds: float | None = None,
         claims_dir: Path | None = None,
+        namespaces: set[str] | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -86,6 +87,9 @@ class Node:
         #: where a claim not in `claims` gets a directory of its own (NAMESPACE-CLAIM), shared by the pods that
         #: mount it; None: such a volume lives only as long as its pod.
         self.claims_dir = claims_dir
+        #: the namespaces whose pods the scheduler part binds here (a test may add some while the node runs);
+        #: None: every namespace. Pods elsewhere are stored and never run (other tests' pods, on a shared cluster).
+        self.namespaces = namespaces
         self.grace_seconds = grace_seconds
         self.cluster = cluster
         self.kubelet = client.CoreV1Api(
@@ -186,6 +190,8 @@ class Node:
                 return
             pod = event["object"]
             if event["type"] != "ADDED" or pod.metadata.deletion_timestamp is not None:
+                continue
+            if self.namespaces is not None and pod.metadata.namespace not in self.namespaces:
                 continue
             binding = client.V1Binding(
                 metadata=client.V1ObjectMeta(name=pod.metadata.name),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.real.e2e import OTLP_SECRET, RESULT_ATTR, Rig, admit, expected_result, inject
+from tests.real.e2e import OTLP_SECRET, RESULT_ATTR, Rig, admit, exit_code_agrees, expected_result, inject
 from tests.real.images import tekton_bin_dir
 from tests.real.otel import Jaeger
 from tests.real.otel import Span as JaegerSpan
@@ -91,7 +91,7 @@ def check_traces(run: PipelineRunResult, jaeger: Jaeger, *, single: bool = True)
     outcomes = step_outcomes(run)
     for trace, taskruns in by_trace.items():
         tasks = {tr["metadata"]["labels"]["tekton.dev/pipelineTask"] for tr in taskruns}
-        executed = {key: value for key, value in outcomes.items() if key[0] in tasks}
+        executed = {key: value for key, value in outcomes.items() if key[0] in tasks and value[1] != "Skipped"}
         _check_trace(run, jaeger, trace, taskruns, executed)
     return set(by_trace)
 
@@ -132,8 +132,8 @@ def _check_trace(
         assert (by_id[parent].resource["service.name"], by_id[parent].name) == (PIPELINERUN_RECONCILER, "createTaskRun")
         state = next(x for x in tr["status"]["steps"] if x["name"] == s.attributes["tekton.step.name"])
         assert s.attributes[RESULT_ATTR] == expected_result(state)
-        assert s.attributes["process.exit.code"] == state["terminated"]["exitCode"]
-        assert s.attributes["cicd.pipeline.name"] == run.pipelinerun["spec"]["pipelineRef"]["name"]
+        assert exit_code_agrees(s.attributes.get("process.exit.code"), state), (s.attributes, state)
+        assert s.attributes["cicd.pipeline.name"] == tr["metadata"]["labels"]["tekton.dev/pipeline"]
         assert s.resource["k8s.pod.name"] == tr["status"]["podName"]
 
 
