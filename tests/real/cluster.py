@@ -302,33 +302,44 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def render_kustomization(directory: Path) -> list[dict[str, Any]]:
-    """The objects `kustomize build DIR` makes of a kustomization that only lists `resources` (deploy/webhook/base).
-    Anything else (patches, generators, namePrefix) is refused rather than rendered differently from kustomize."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - {"apiVersion", "kind", "resources"}
-    if unknown:
-        raise ValueError(f"{directory}/kustomization.yaml: {sorted(unknown)} not rendered here; only resources")
-    objects: list[dict[str, Any]] = []
-    for resource in kustomization["resources"]:
-        path = directory / resource
-        objects += render_kustomization(path) if path.is_dir() else load_documents(path)
-    return objects
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl apply -k DIRECTORY` applies: the real kustomize (hack/manifests, built by
+    hack/build-cluster), generators, name suffixes and patches included."""
+    out = subprocess.run(
+        [str(cluster_bin_dir() / "kustomize"), "build", str(directory)], capture_output=True, text=True, check=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
 
 
-def apply(api_client: Any, objects: Iterable[Mapping[str, Any]], namespace: str | None = None) -> list[Any]:
+def cert_manager_crd_files() -> list[Path]:
+    """cert-manager's CRDs from the module hack/manifests pins (its `deploy/crds`)."""
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager"],
+        cwd=REPO / "hack" / "manifests",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return sorted((Path(out) / "deploy" / "crds").glob("*.yaml"))
+
+
+def apply(
+    api_client: Any, objects: Iterable[Mapping[str, Any]], namespace: str | None = None, *, dry_run: bool = False
+) -> list[Any]:
     """Create each object (server-side apply would hide what a create refuses); already existing ones are
-    replaced. Returns what the API server stored."""
+    replaced. Returns what the API server stored, or with `dry_run` would have stored: admitted and validated
+    (schemas, admission webhooks) but not persisted."""
     from kubernetes import dynamic
     from kubernetes.client.exceptions import ApiException
 
     client = dynamic.DynamicClient(api_client)  # type: ignore[no-untyped-call]
+    extra = {"dry_run": "All"} if dry_run else {}
     stored = []
     for obj in objects:
         resource = _resource(client, obj["apiVersion"], obj["kind"])
         ns = obj.get("metadata", {}).get("namespace") or namespace if resource.namespaced else None
         try:
-            stored.append(resource.create(body=dict(obj), namespace=ns))
+            stored.append(resource.create(body=dict(obj), namespace=ns, **extra))
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -336,7 +347,7 @@ def apply(api_client: Any, objects: Iterable[Mapping[str, Any]], namespace: str 
             current = resource.get(name=name, namespace=ns)
             body = dict(obj)
             body["metadata"] = {**obj["metadata"], "resourceVersion": current.metadata.resourceVersion}
-            stored.append(resource.replace(body=body, namespace=ns))
+            stored.append(resource.replace(body=body, namespace=ns, **extra))
     return stored
 
 
@@ -355,12 +366,12 @@ def _resource(client: Any, api_version: str, kind: str) -> Any:
             client.resources.invalidate_cache()
 
 
-def install_tekton_crds(cluster: Cluster) -> list[str]:
-    """Tekton's CRDs, applied and waited for until Established; returns their names."""
+def install_crds(cluster: Cluster, files: Iterable[Path]) -> list[str]:
+    """CRDs applied and waited for until Established; returns their names."""
     from kubernetes import client
 
     api_client = cluster.api_client()
-    crds = [doc for path in tekton_crd_files() for doc in load_documents(path)]
+    crds = [doc for path in files for doc in load_documents(path)]
     apply(api_client, crds)
     extensions = client.ApiextensionsV1Api(api_client)
     names = [crd["metadata"]["name"] for crd in crds]
@@ -375,6 +386,11 @@ def install_tekton_crds(cluster: Cluster) -> list[str]:
                 raise RuntimeError(f"CRD {name} not Established within 60s: {conditions}")
             time.sleep(0.2)
     return names
+
+
+def install_tekton_crds(cluster: Cluster) -> list[str]:
+    """Tekton's CRDs (tekton_crd_files)."""
+    return install_crds(cluster, tekton_crd_files())
 
 
 # --- our webhook, as a process on 127.0.0.1 -----------------------------------------------------------------------
@@ -444,7 +460,7 @@ def start_webhook(
 
 
 def webhook_objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
-    """deploy/webhook/base as `kustomize build` renders it, changed in the two ways a local process needs:
+    """deploy/webhook/base as kustomize renders it, changed in the two ways a local process needs:
 
     - `caBundle` set to the serving certificate's CA, as cert-manager's CA injector does (cert-manager/);
     - `clientConfig.service` (step-tracer-webhook.step-tracer-system:443) becomes
@@ -452,7 +468,7 @@ def webhook_objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
       the API server reaches the webhook process on this machine's loopback instead. The path is kept.
     Everything else (rules, selectors, failurePolicy, timeout, the Deployment and RBAC) is applied as shipped.
     """
-    objects = render_kustomization(DEPLOY_WEBHOOK)
+    objects = kustomize(DEPLOY_WEBHOOK)
     for obj in objects:
         if obj["kind"] != "MutatingWebhookConfiguration":
             continue

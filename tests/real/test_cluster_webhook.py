@@ -31,8 +31,8 @@ from tests.real.cluster import (
     apply,
     as_in_a_pod,
     issue_webhook_certificate,
+    kustomize,
     namespace,
-    render_kustomization,
     require_unshare,
     service_account_token,
     start_webhook,
@@ -47,9 +47,9 @@ WRAPPER = "/step-tracer/bin/step-tracer"
 OUR_VOLUMES = {"step-tracer-bin", "step-tracer-spool", "step-tracer-podinfo"}
 SIDECAR = "sidecar-step-tracer"
 # The webhook configuration's own timeoutSeconds, read from what we ship.
-TIMEOUT = next(o for o in render_kustomization(DEPLOY_WEBHOOK) if o["kind"] == "MutatingWebhookConfiguration")[
-    "webhooks"
-][0]["timeoutSeconds"]
+TIMEOUT = next(o for o in kustomize(DEPLOY_WEBHOOK) if o["kind"] == "MutatingWebhookConfiguration")["webhooks"][0][
+    "timeoutSeconds"
+]
 # Beyond the webhook's timeout: the API server's own work for a create on 2 busy cores.
 SLACK = 15.0
 
