@@ -41,16 +41,21 @@ def cluster_bin_dir() -> Path:
     return built("cluster")
 
 
-def tekton_crd_files() -> list[Path]:
-    """Tekton's CRDs from the github.com/tektoncd/pipeline module hack/tekton pins (its `config/300-crds`)."""
+def module_dir(hack_module: str, module: str) -> Path:
+    """Where Go's module cache holds `module` at the version hack/HACK_MODULE's go.mod pins."""
     out = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/tektoncd/pipeline"],
-        cwd=REPO / "hack" / "tekton",
+        ["go", "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=REPO / "hack" / hack_module,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    return sorted((Path(out) / "config" / "300-crds").glob("*.yaml"))
+    return Path(out)
+
+
+def tekton_crd_files() -> list[Path]:
+    """Tekton's CRDs from the github.com/tektoncd/pipeline module hack/tekton pins (its `config/300-crds`)."""
+    return sorted((module_dir("tekton", "github.com/tektoncd/pipeline") / "config" / "300-crds").glob("*.yaml"))
 
 
 def free_port() -> int:
@@ -313,14 +318,7 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 
 def cert_manager_crd_files() -> list[Path]:
     """cert-manager's CRDs from the module hack/manifests pins (its `deploy/crds`)."""
-    out = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager"],
-        cwd=REPO / "hack" / "manifests",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return sorted((Path(out) / "deploy" / "crds").glob("*.yaml"))
+    return sorted((module_dir("manifests", "github.com/cert-manager/cert-manager") / "deploy" / "crds").glob("*.yaml"))
 
 
 def apply(
