@@ -1,7 +1,7 @@
-"""Tekton's real controller on a real API server, its pods run by a process kubelet (node.py) and instrumented by
-our webhook through the API server's own admission: a PipelineRun created through the API runs to completion;
-its outcome, TaskRun by TaskRun and step by step, is Tekton's outcome without step-tracer; one trace in a real
-Jaeger from Tekton's own PipelineRun span down to every step."""
+"""Tekton's real controller on a real API server, its pods run by a process kubelet (node.py): PipelineRuns created
+through the API run to completion unpatched, instrumented by our webhook through the API server's own admission,
+and patched by `step-tracer inject`; their outcome, TaskRun by TaskRun and step by step, is Tekton's outcome
+without step-tracer; each step's span is in a real Jaeger under Tekton's own PipelineRun span."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from step_tracer.inject.model import SIDECAR_NAME
 from tests.real.cluster import REPO, Cluster, Webhook, apply, load_documents, namespace
 from tests.real.conftest import TASKS
 from tests.real.controller import Controller
-from tests.real.e2e import OTLP_SECRET, RESULT_ATTR
+from tests.real.e2e import OTLP_SECRET, RESULT_ATTR, inject
 from tests.real.node import Node
 from tests.real.otel import Collector, Jaeger
 from tests.real.pipelines import SPAN_CONTEXT, PipelineRunResult, check_traces, step_outcomes
@@ -91,8 +91,7 @@ def run_through_api(
 
 
 def docker_build(node: Node, ns: str, claim_dir: Path) -> list[dict[str, Any]]:
-    """PIPELINE's objects and a PipelineRun of it on a PVC workspace, whose claim the node serves from
-    `claim_dir`."""
+    """A PipelineRun of PIPELINE's Pipeline on a PVC workspace, whose claim the node serves from `claim_dir`."""
     claim = f"workspace-{ns}"
     node.claims[claim] = claim_dir
     pvc = {
@@ -105,7 +104,7 @@ def docker_build(node: Node, ns: str, claim_dir: Path) -> list[dict[str, Any]]:
         "pipelineRef": {"name": "docker-build-like"},
         "workspaces": [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim}}],
     }
-    return [*load_documents(PIPELINE), pvc, pipeline_run("docker-build-run", spec)]
+    return [pvc, pipeline_run("docker-build-run", spec)]
 
 
 def outcome(run: PipelineRunResult) -> dict[str, Any]:
@@ -127,6 +126,8 @@ def pods(cluster: Cluster, ns: str, selector: str = "") -> list[dict[str, Any]]:
     return [api.sanitize_for_serialization(p) for p in found]
 
 
+PATHS = ("unpatched", "webhook", "inject")
+TRACED = PATHS[1:]
 BEHAVIOURS = TASKS / "behaviours.yaml"
 SCENARIOS = TASKS / "scenarios.yaml"
 BEHAVIOUR_RUNS = (
@@ -136,6 +137,8 @@ BEHAVIOUR_RUNS = (
     one_task("killed-by-signal"),
     one_task("images-and-users", workspaces=[{"name": "out", "workspace": "out"}]),
 )
+#: The Tasks the PipelineRuns here name (of BEHAVIOURS and SCENARIOS).
+TASK_NAMES = {r["metadata"]["name"] for r in BEHAVIOUR_RUNS} | {"one-long-step"}
 #: A PipelineRun Tekton times out mid-step: the TaskRun reconciler deletes the pod, which the node stops.
 TIMED_OUT = one_task("one-long-step", timeouts={"pipeline": "20s"})
 
@@ -149,28 +152,32 @@ def on_cluster(
     collector: Collector,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, dict[str, PipelineRunResult]]:
-    """The same PipelineRuns, all at once, in a namespace the webhook leaves alone and in one it instruments."""
+    """The same PipelineRuns, all at once, per path: `unpatched` (a namespace the webhook leaves alone),
+    `webhook` (one it instruments, through the API server's admission) and `inject` (left alone by the webhook,
+    its Pipeline and Tasks patched by `step-tracer inject` before they are applied)."""
+    files = [PIPELINE, BEHAVIOURS, SCENARIOS]
     runs = {}
-    tasks = load_documents(BEHAVIOURS) + [
-        d for d in load_documents(SCENARIOS) if d["metadata"]["name"] == "one-long-step"
-    ]
-    for name, traced in (("plain", False), ("traced", True)):
-        ns = tekton_ns(cluster, node, f"build-{name}", collector, traced)
-        objects = [
-            *docker_build(node, ns, tmp_path_factory.mktemp(f"claim-{name}")),
-            *tasks,
-            *BEHAVIOUR_RUNS,
-            TIMED_OUT,
+    for path in PATHS:
+        ns = tekton_ns(cluster, node, f"build-{path}", collector, traced=path == "webhook")
+        patched = inject(files, tmp_path_factory.mktemp("patched") / "out") if path == "inject" else files
+        definitions = [
+            d for f in patched for d in load_documents(f) if d["kind"] != "Task" or d["metadata"]["name"] in TASK_NAMES
         ]
-        runs[name] = run_through_api(cluster, node, ns, objects)
+        claim = tmp_path_factory.mktemp(f"claim-{path}")
+        objects = [*definitions, *docker_build(node, ns, claim), *BEHAVIOUR_RUNS, TIMED_OUT]
+        runs[path] = run_through_api(cluster, node, ns, objects)
     assert tekton_controller.alive()
     return runs
 
 
+Runs = dict[str, dict[str, PipelineRunResult]]
+
+
+@pytest.mark.parametrize("path", TRACED)
 def test_a_pipelinerun_through_the_api_has_tektons_outcome_with_and_without_step_tracer(
-    cluster: Cluster, on_cluster: dict[str, dict[str, PipelineRunResult]]
+    on_cluster: Runs, path: str
 ) -> None:
-    plain, traced = on_cluster["plain"]["docker-build-run"], on_cluster["traced"]["docker-build-run"]
+    plain, traced = on_cluster["unpatched"]["docker-build-run"], on_cluster[path]["docker-build-run"]
     assert plain.succeeded == traced.succeeded == "True"
     assert step_outcomes(traced) == step_outcomes(plain)
     assert step_outcomes(traced)[("build-container", "push-sbom")] == (4, "Continued")
@@ -180,23 +187,27 @@ def test_a_pipelinerun_through_the_api_has_tektons_outcome_with_and_without_step
     (traced_cond,) = traced.pipelinerun["status"]["conditions"]
     assert (traced_cond["reason"], traced_cond["message"]) == (plain_cond["reason"], plain_cond["message"])
 
-    # Our webhook instrumented the traced namespace's pods, through the API server, and only those.
-    def sidecars(ns: str) -> set[tuple[str, ...]]:
-        init = [p["spec"].get("initContainers") or [] for p in pods(cluster, ns)]
+
+def test_the_webhook_instruments_through_the_api_server_only_the_namespace_that_opted_in(
+    cluster: Cluster, on_cluster: Runs
+) -> None:
+    def sidecars(path: str) -> set[tuple[str, ...]]:
+        init = [p["spec"].get("initContainers") or [] for p in pods(cluster, f"build-{path}")]
         return {tuple(c["name"] for c in containers if c["name"].endswith(SIDECAR_NAME)) for containers in init}
 
-    assert sidecars(plain.path) == {()}
-    assert len(sidecars(traced.path)) == 1 and sidecars(traced.path) != {()}
+    assert sidecars("unpatched") == sidecars("inject") == {()}
+    assert len(sidecars("webhook")) == 1 and sidecars("webhook") != {()}
 
 
+@pytest.mark.parametrize("path", TRACED)
 @pytest.mark.parametrize("run", [r["metadata"]["name"] for r in BEHAVIOUR_RUNS])
 def test_behaviours_through_the_api_have_tektons_outcome_and_one_span_per_step(
-    on_cluster: dict[str, dict[str, PipelineRunResult]], jaeger: Jaeger, run: str
+    on_cluster: Runs, jaeger: Jaeger, run: str, path: str
 ) -> None:
     """Results and onError, a StepAction and a classic sidecar (stopped by Tekton's controller swapping its
     image for nop, through the API), a failure that skips the rest, a step timeout, signal deaths, a shell-less
     image, Python, UID 65532 on a workspace."""
-    plain, traced = on_cluster["plain"][run], on_cluster["traced"][run]
+    plain, traced = on_cluster["unpatched"][run], on_cluster[path][run]
     assert (traced.succeeded, step_outcomes(traced), outcome(traced)) == (
         plain.succeeded,
         step_outcomes(plain),
@@ -205,9 +216,9 @@ def test_behaviours_through_the_api_have_tektons_outcome_and_one_span_per_step(
     check_traces(traced, jaeger)
 
 
-@pytest.mark.parametrize("ns", ["build-plain", "build-traced"])
+@pytest.mark.parametrize("path", PATHS)
 def test_tektons_controller_stops_a_classic_sidecar_through_the_api(
-    cluster: Cluster, on_cluster: dict[str, dict[str, PipelineRunResult]], ns: str
+    cluster: Cluster, on_cluster: Runs, path: str
 ) -> None:
     """Tekton's StopSidecars, for real: once the steps end, the controller updates the pod, the sidecar's image
     becomes nop; the node kills the container and starts it again from nop, and the pod ends. The sidecar keeps
@@ -215,7 +226,7 @@ def test_tektons_controller_stops_a_classic_sidecar_through_the_api(
     Failed, as on a real node. Tekton has recorded the TaskRun from the steps by then."""
     deadline = time.monotonic() + 60
     while True:
-        (pod,) = pods(cluster, ns, "tekton.dev/pipelineRun=results-and-continue")
+        (pod,) = pods(cluster, f"build-{path}", "tekton.dev/pipelineRun=results-and-continue")
         if pod["status"]["phase"] in ("Succeeded", "Failed") or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -227,14 +238,13 @@ def test_tektons_controller_stops_a_classic_sidecar_through_the_api(
     assert pod["status"]["phase"] == "Failed"
 
 
-def test_a_pipelinerun_tekton_times_out_mid_step(
-    on_cluster: dict[str, dict[str, PipelineRunResult]], jaeger: Jaeger
-) -> None:
+@pytest.mark.parametrize("path", TRACED)
+def test_a_pipelinerun_tekton_times_out_mid_step(on_cluster: Runs, jaeger: Jaeger, path: str) -> None:
     """Tekton's controller cancels the TaskRun when the PipelineRun's timeout passes and deletes its pod; the node
     stops it (SIGTERM, then SIGKILL after the grace period). The verdict is Tekton's own either way, and the step
     cut short still has its one span, ended by the pod's deletion, under Tekton's createTaskRun span."""
     name = TIMED_OUT["metadata"]["name"]
-    plain, traced = on_cluster["plain"][name], on_cluster["traced"][name]
+    plain, traced = on_cluster["unpatched"][name], on_cluster[path][name]
     assert outcome(traced) == outcome(plain)
     # Tekton's PipelineRun reconciler cancels the TaskRuns of a PipelineRun past its timeout.
     assert outcome(traced)[name][:2] == ("False", "TaskRunCancelled")
@@ -250,8 +260,9 @@ def test_a_pipelinerun_tekton_times_out_mid_step(
     assert span.attributes[RESULT_ATTR] == "cancellation"
 
 
+@pytest.mark.parametrize("path", TRACED)
 def test_every_step_span_is_in_jaeger_under_tektons_own_pipelinerun_span(
-    on_cluster: dict[str, dict[str, PipelineRunResult]], jaeger: Jaeger
+    on_cluster: Runs, jaeger: Jaeger, path: str
 ) -> None:
     """Each TaskRun's step spans sit in the trace of the span context Tekton gave that TaskRun, under Tekton's
     createTaskRun span, under Tekton's PipelineRun span for this PipelineRun.
@@ -263,7 +274,7 @@ def test_every_step_span_is_in_jaeger_under_tektons_own_pipelinerun_span(
     computed status over the stored one. The TaskRuns created before keep the first trace, which stays whole (its
     own root and createTaskRun spans). A PipelineRun created with a `tekton.dev/pipelinerunSpanContext` annotation
     has no such race: every reconcile takes its context from there."""
-    traced = on_cluster["traced"]["docker-build-run"]
+    traced = on_cluster[path]["docker-build-run"]
     traces = check_traces(traced, jaeger, single=False)
     stored = traced.pipelinerun["status"]["spanContext"]["traceparent"].split("-")[1]
     assert stored in traces
