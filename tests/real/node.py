@@ -346,7 +346,7 @@ class Node:
                     self.kubelet.patch_namespaced_pod_status(name, ns, {"status": status})
                     last = status
                 except Exception as err:  # deleted meanwhile, or the API server is away
-                    if finished:
+                    if finished and getattr(err, "status", None) != 404:  # a pod gone is no status to write
                         self.errors.append(err)
             if finished:
                 break

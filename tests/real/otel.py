@@ -336,7 +336,9 @@ class Collector(Server):
         deadline = time.monotonic() + timeout
         while True:
             text = self.file_out.read_text() if self.file_out.exists() else ""
-            spans = [s for line in text.splitlines() if line for s in otlp_spans(json.loads(line))]
+            # Only whole lines: the exporter may be writing the last one (other senders share the Collector).
+            complete = text[: text.rfind("\n") + 1]
+            spans = [s for line in complete.splitlines() if line for s in otlp_spans(json.loads(line))]
             mine = [s for s in spans if s.trace_id == trace_id]
             if len(mine) >= count or time.monotonic() > deadline:
                 return mine

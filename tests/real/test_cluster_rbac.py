@@ -7,6 +7,7 @@ over /run in a mount namespace of the lookup's own) and KUBERNETES_SERVICE_HOST/
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ from tests.real.cluster import (
     service_account_token,
 )
 
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+# A trace of this run's own: when Tekton's real controller runs on the same cluster it reconciles these TaskRuns
+# and exports spans under their span context to the session's Jaeger, which other tests read by trace id.
+TRACEPARENT = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 def taskrun(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
