@@ -180,6 +180,7 @@ class Node:
 
     def _schedule(self) -> None:
         from kubernetes import client, watch
+        from kubernetes.client.exceptions import ApiException
 
         w = watch.Watch()  # type: ignore[no-untyped-call]
         for event in w.stream(  # type: ignore[no-untyped-call]
@@ -197,10 +198,15 @@ class Node:
                 metadata=client.V1ObjectMeta(name=pod.metadata.name),
                 target=client.V1ObjectReference(api_version="v1", kind="Node", name=self.name),
             )
-            # The client cannot read the Status the API server answers with; the request is what matters.
-            self.scheduler.create_namespaced_pod_binding(
-                pod.metadata.name, pod.metadata.namespace, binding, _preload_content=False
-            )
+            # The client cannot read the Status the API server answers with; the request is what matters. A watch
+            # started again may list a pod bound a moment ago: the API server then answers 409, already bound.
+            try:
+                self.scheduler.create_namespaced_pod_binding(
+                    pod.metadata.name, pod.metadata.namespace, binding, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status not in (404, 409):  # deleted meanwhile, or bound already
+                    raise
 
     # --- the kubelet's part --------------------------------------------------------------------------------------
 
