@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.real.cluster import PIDS, REPO, Cluster, apply, load_documents, spawn, tail, tekton_crd_files, write_file
+from tests.real.cluster import PIDS, REPO, Cluster, apply, load_documents, module_dir, spawn, tail, write_file
 from tests.real.gobuild import built
 
 NAMESPACE = "tekton-pipelines"
@@ -86,7 +86,7 @@ ENV = {
 
 def config_objects(tracing_endpoint: str) -> list[dict[str, Any]]:
     """Tekton's config/ objects (CONFIG_FILES) and our config-tracing with its endpoint set."""
-    config = tekton_crd_files()[0].parents[1]
+    config = module_dir("tekton", "github.com/tektoncd/pipeline") / "config"
     objects = [doc for name in CONFIG_FILES for doc in load_documents(config / name)]
     for obj in objects:
         if obj["metadata"]["name"] == "feature-flags":
