@@ -38,7 +38,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"knative.dev/pkg/apis"
 	"knative.dev/pkg/controller"
-	"knative.dev/pkg/system"
 )
 
 type options struct {
@@ -61,9 +60,6 @@ func main() {
 	if fs.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "tekton-controller: give one or more YAML files")
 		os.Exit(2)
-	}
-	if os.Getenv(system.NamespaceEnvKey) == "" {
-		_ = os.Setenv(system.NamespaceEnvKey, "tekton-pipelines")
 	}
 	// Tekton's tracer providers batch spans; a short delay gets them out before this program ends.
 	if os.Getenv("OTEL_BSP_SCHEDULE_DELAY") == "" {
@@ -92,21 +88,9 @@ func run(o options, files []string) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range d.Tasks {
-		t.Namespace = pr.Namespace
-	}
-	for _, p := range d.Pipelines {
-		p.Namespace = pr.Namespace
-	}
-	for _, s := range d.StepActions {
-		s.Namespace = pr.Namespace
-	}
 	d.PipelineRuns = []*v1.PipelineRun{pr}
 	d.TaskRuns = nil
-	d.ServiceAccounts = append(d.ServiceAccounts, &corev1.ServiceAccount{
-		ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: pr.Namespace},
-	})
-	test.EnsureConfigurationConfigMapsExist(&d)
+	rig.Prepare(&d, pr.Namespace, "")
 	for _, cm := range d.ConfigMaps {
 		if cm.Name == config.GetTracingConfigName() && o.tracing != "" {
 			cm.Data = map[string]string{"enabled": "true", "endpoint": o.tracing}

@@ -36,7 +36,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"knative.dev/pkg/system"
 )
 
 type options struct {
@@ -70,10 +69,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tekton-pod: give one or more YAML files (- for stdin)")
 		os.Exit(2)
 	}
-	// knative's system.Namespace(): where the controller's ConfigMaps live, as in Tekton's release.
-	if os.Getenv(system.NamespaceEnvKey) == "" {
-		_ = os.Setenv(system.NamespaceEnvKey, "tekton-pipelines")
-	}
 	out, err := run(o, fs.Args())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tekton-pod:", err)
@@ -98,12 +93,6 @@ func run(o options, files []string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range d.Tasks {
-		t.Namespace = tr.Namespace
-	}
-	for _, s := range d.StepActions {
-		s.Namespace = tr.Namespace
-	}
 	d.TaskRuns = []*v1.TaskRun{tr}
 	if o.podFile != "" {
 		pod, err := readPod(o.podFile)
@@ -115,13 +104,7 @@ func run(o options, files []string) (any, error) {
 		// by label and passes over a failed one, as it would before a retry.
 		tr.Status.PodName = pod.Name
 	}
-	// Every namespace has a "default" ServiceAccount; the pod builder reads the TaskRun's for its secrets.
-	sa := tr.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	d.ServiceAccounts = append(d.ServiceAccounts, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: tr.Namespace}})
-	test.EnsureConfigurationConfigMapsExist(&d)
+	rig.Prepare(&d, tr.Namespace, tr.Spec.ServiceAccountName)
 	for _, cm := range d.ConfigMaps {
 		if cm.Name == config.GetFeatureFlagsConfigName() {
 			for k, v := range o.flags {

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -91,6 +92,32 @@ func (kv KeyValues) Set(s string) error {
 	}
 	kv[k] = v
 	return nil
+}
+
+// Prepare makes d what a cluster would hold for a run in namespace ns: the Tasks, Pipelines and StepActions in
+// ns, its service account serviceAccount ("default" when empty: every namespace has one, and the pod builder
+// reads it for its secrets), and Tekton's configuration ConfigMaps, in the system namespace, which is
+// tekton-pipelines as in Tekton's release unless SYSTEM_NAMESPACE says otherwise.
+func Prepare(d *test.Data, ns, serviceAccount string) {
+	if os.Getenv(system.NamespaceEnvKey) == "" {
+		_ = os.Setenv(system.NamespaceEnvKey, "tekton-pipelines")
+	}
+	for _, t := range d.Tasks {
+		t.Namespace = ns
+	}
+	for _, p := range d.Pipelines {
+		p.Namespace = ns
+	}
+	for _, s := range d.StepActions {
+		s.Namespace = ns
+	}
+	if serviceAccount == "" {
+		serviceAccount = "default"
+	}
+	d.ServiceAccounts = append(d.ServiceAccounts, &corev1.ServiceAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: serviceAccount, Namespace: ns},
+	})
+	test.EnsureConfigurationConfigMapsExist(d)
 }
 
 // FakeContext is the injection context of Tekton's reconciler tests: every client and informer faked, pods
