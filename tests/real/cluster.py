@@ -161,7 +161,9 @@ class Cluster:
         leaf = ca.issue_cert(stem, common_name=user, organization_name=group)  # the name that counts is the CN
         cert = write_file(pki / f"{stem}.crt", b"".join(b.bytes() for b in leaf.cert_chain_pems))
         key = write_file(pki / f"{stem}.key", leaf.private_key_pem.bytes())
-        return write_file(self.workdir / f"kubeconfig-{stem}", _kubeconfig(self.url, self.ca_file, cert, key).encode())
+        return write_file(
+            self.workdir / f"kubeconfig-{stem}", _cert_kubeconfig(self.url, self.ca_file, cert, key).encode()
+        )
 
     def client_for(self, kubeconfig: Path) -> Any:
         from kubernetes import config
@@ -250,30 +252,33 @@ def start(workdir: Path, bin_dir: Path) -> Cluster:
         pids,
     )
     url = f"https://127.0.0.1:{api_port}"
-    kubeconfig = write_file(workdir / "kubeconfig", _kubeconfig(url, ca_file, cert_file, key_file).encode())
+    kubeconfig = write_file(workdir / "kubeconfig", _cert_kubeconfig(url, ca_file, cert_file, key_file).encode())
     cluster = Cluster(workdir, url, kubeconfig, ca_file, cert_file, key_file)
     _wait_ready(cluster, workdir)
     return cluster
 
 
-def _kubeconfig(url: str, ca_file: Path, cert_file: Path, key_file: Path) -> str:
-    def data(path: Path) -> str:
-        return base64.b64encode(path.read_bytes()).decode()
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
+
+def kubeconfig_text(url: str, ca_file: Path, user: Mapping[str, str]) -> str:
+    """A kubeconfig for the API server at `url` whose one user is `user` (client certificate data, or a token)."""
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "local", "cluster": {"server": url, "certificate-authority-data": data(ca_file)}}],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {"client-certificate-data": data(cert_file), "client-key-data": data(key_file)},
-                }
-            ],
-            "contexts": [{"name": "admin@local", "context": {"cluster": "local", "user": "admin"}}],
-            "current-context": "admin@local",
+            "clusters": [{"name": "local", "cluster": {"server": url, "certificate-authority-data": _b64(ca_file)}}],
+            "users": [{"name": "user", "user": dict(user)}],
+            "contexts": [{"name": "user@local", "context": {"cluster": "local", "user": "user"}}],
+            "current-context": "user@local",
         }
+    )
+
+
+def _cert_kubeconfig(url: str, ca_file: Path, cert_file: Path, key_file: Path) -> str:
+    return kubeconfig_text(
+        url, ca_file, {"client-certificate-data": _b64(cert_file), "client-key-data": _b64(key_file)}
     )
 
 

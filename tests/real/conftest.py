@@ -23,21 +23,30 @@ def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (mount namespaces, chroot)"
     if shutil.which("go") is None:
-        return "needs Go to build Tekton's code (hack/build-tekton)"
+        return _go("Tekton's code (hack/build-tekton)")
     for tool in ("nsenter", "dpkg-query"):
         if shutil.which(tool) is None:
             return f"needs {tool}"
     return None
 
 
+def _unavailable(tests: str, reason: str | None) -> None:
+    """Skip where a real component cannot run on this machine; in CI that is a failure, never a skip."""
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"the {tests} tests cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _go(what: str) -> str | None:
+    return None if shutil.which("go") else f"needs Go to build {what}"
+
+
 @pytest.fixture(scope="session")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """Tekton's binaries built, the local images made and an OTLP receiver started, once per session."""
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"the real-Tekton tests cannot run in CI: {reason}")
-        pytest.skip(reason)
+    _unavailable("real-Tekton", _missing())
     with Rig(tmp_path_factory.mktemp("real")) as rig:
         yield rig
 
@@ -51,10 +60,7 @@ TASKS = Path(__file__).with_name("tasks")
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """etcd + kube-apiserver on 127.0.0.1 with Tekton's CRDs installed, once per session."""
-    if shutil.which("go") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the control-plane tests cannot run in CI: needs Go to build hack/cluster")
-        pytest.skip("needs Go to build kube-apiserver and etcd (hack/build-cluster)")
+    _unavailable("control-plane", _go("kube-apiserver and etcd (hack/build-cluster)"))
     workdir = tmp_path_factory.mktemp("cluster")
     try:
         running = start_cluster(workdir, cluster_bin_dir())
@@ -78,10 +84,7 @@ def cluster_webhook(cluster: Cluster) -> Webhook:
 @pytest.fixture(scope="session")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
     """Jaeger v2 (hack/build-otel) with in-memory storage on 127.0.0.1; its query API is the tests' eyes."""
-    if shutil.which("go") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the real-backend tests cannot run in CI: needs Go (hack/build-otel)")
-        pytest.skip("needs Go to build the Collector and Jaeger (hack/build-otel)")
+    _unavailable("real-backend", _go("the Collector and Jaeger (hack/build-otel)"))
     server = Jaeger(tmp_path_factory.mktemp("jaeger"))
     yield server
     server.stop()

@@ -20,7 +20,6 @@ config-tracing name the real addresses).
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import time
@@ -30,9 +29,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from tests.real.cluster import PIDS, REPO, Cluster, apply, load_documents, module_dir, spawn, tail, write_file
+from tests.real.cluster import (
+    PIDS,
+    REPO,
+    Cluster,
+    apply,
+    kubeconfig_text,
+    load_documents,
+    module_dir,
+    spawn,
+    tail,
+    write_file,
+)
 from tests.real.gobuild import built
 
 NAMESPACE = "tekton-pipelines"
@@ -114,23 +122,9 @@ def install(cluster: Cluster, tracing_endpoint: str) -> None:
     apply(cluster.api_client(), config_objects(tracing_endpoint))
 
 
-def token_kubeconfig(cluster: Cluster, path: Path, token: str) -> Path:
-    """A kubeconfig that authenticates with a bearer token, as the in-cluster configuration would."""
-    ca = base64.b64encode(cluster.ca_file.read_bytes()).decode()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.url, "certificate-authority-data": ca}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa@local", "context": {"cluster": "local", "user": "sa"}}],
-        "current-context": "sa@local",
-    }
-    return write_file(path, yaml.safe_dump(config).encode())
-
-
-def _forward(workdir: Path, pids: Path, name: str, port: int) -> tuple[Path, list[str]]:
-    """The outer half of a forward (a Unix socket in `workdir` to 127.0.0.1:PORT on this machine, started now,
-    its pid in `pids`) and the inner half's command (127.0.0.1:PORT in the namespace to that socket)."""
+def _forward(workdir: Path, pids: Path, name: str, port: int) -> list[str]:
+    """Start the outer half of a forward (a Unix socket in `workdir` to 127.0.0.1:PORT on this machine, its pid
+    in `pids`); returns the inner half's command (127.0.0.1:PORT in the namespace to that socket)."""
     sock = workdir / f"{name}.sock"
     sock.unlink(missing_ok=True)
     spawn(
@@ -145,7 +139,7 @@ def _forward(workdir: Path, pids: Path, name: str, port: int) -> tuple[Path, lis
         time.sleep(0.02)
     # The inner socat dies with the controller (setpriv --pdeathsig): the controller is its parent after exec.
     inner = ["setpriv", "--pdeathsig", "KILL", "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"]
-    return sock, [*inner, f"UNIX-CONNECT:{sock}"]
+    return [*inner, f"UNIX-CONNECT:{sock}"]
 
 
 def in_own_network(workdir: Path, pids: Path, ports: dict[str, int], argv: Sequence[str]) -> list[str]:
@@ -153,7 +147,7 @@ def in_own_network(workdir: Path, pids: Path, ports: dict[str, int], argv: Seque
     the same port on this machine."""
     inner = []
     for name, port in ports.items():
-        _, command = _forward(workdir, pids, name, port)
+        command = _forward(workdir, pids, name, port)
         inner.append(" ".join(_quote(a) for a in command) + " &")
     script = " ".join(["ip link set lo up &&", *inner, 'exec "$@"'])
     user = [] if os.geteuid() == 0 else ["--map-root-user"]
@@ -172,7 +166,10 @@ def start(cluster: Cluster, tracing_endpoint: str, *, threads: int = 2) -> Contr
     workdir = cluster.workdir / "tekton-controller"
     workdir.mkdir(exist_ok=True)
     token = service_account_token(cluster, NAMESPACE, SERVICE_ACCOUNT, expiration=24 * 3600)
-    kubeconfig = token_kubeconfig(cluster, workdir / "kubeconfig", token)
+    # A bearer token, as the in-cluster configuration the Deployment's pod would use.
+    kubeconfig = write_file(
+        workdir / "kubeconfig", kubeconfig_text(cluster.url, cluster.ca_file, {"token": token}).encode()
+    )
     binary = built("tekton") / "controller"
     args = [str(binary), f"-kubeconfig={kubeconfig}", f"-threads-per-controller={threads}"]
     for flag, image in IMAGES.items():
