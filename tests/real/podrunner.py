@@ -222,13 +222,15 @@ class _Container:
         return True
 
     def reap(self) -> None:
+        """Fill in the ended container's status. The exit code is set last: it is what makes the status say
+        `terminated`, and the node reports statuses from another thread while this runs, so a reader never sees
+        a terminated container without its reason and message (as the kubelet reports them together)."""
         assert self.proc is not None
         code = self.proc.wait()
         for f in self._files:
             f.close()
         s = self.status
         s.finished_at = time.time()
-        s.exit_code = code
         s.ready = False
         s.stdout = (self.dir / "stdout").read_bytes().decode("utf-8", "replace")
         s.stderr = (self.dir / "stderr").read_bytes().decode("utf-8", "replace")
@@ -239,6 +241,7 @@ class _Container:
             log = (s.stdout + s.stderr).splitlines()[-80:]
             message = "\n".join(log)[-2048:]
         s.message = message
+        s.exit_code = code
 
     def _exec_probe(self, probe: Mapping[str, Any]) -> bool:
         """One run of an exec probe inside the container (the pods here use exec probes only)."""
